@@ -1,0 +1,1 @@
+"""Chaos simulation: the credit policy model, coherent Stripe streams, delivery."""
