@@ -1,0 +1,20 @@
+-- The private schema that holds tally's tables and helpers. PostgREST only
+-- exposes `public`, so nothing here is reachable over the REST API; `public`
+-- holds only what clients may read or call.
+--
+-- Supabase grants every privilege on new objects in `public` to anon and
+-- authenticated by default, and Postgres grants EXECUTE on every new
+-- function to PUBLIC. We revoke the per-schema defaults here, once, and every
+-- later migration revokes and grants each object explicitly, right under its
+-- definition.
+
+create schema if not exists tally;
+
+revoke all on schema tally from public;
+-- authenticated needs usage only to read its own rows through the
+-- security_invoker views in public (row-level security still applies).
+grant usage on schema tally to authenticated, service_role;
+
+alter default privileges in schema public revoke all on tables from anon, authenticated;
+alter default privileges in schema public revoke all on functions from anon, authenticated;
+alter default privileges in schema public revoke all on sequences from anon, authenticated;

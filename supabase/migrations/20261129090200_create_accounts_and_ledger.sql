@@ -1,0 +1,206 @@
+-- Accounts (one per user) and the append-only ledger. Every change of a
+-- balance is one ledger entry written by tally.post_entry in the same
+-- transaction, so each balance always equals the sum of its entries.
+-- Clients read both through the views in public under row-level security.
+
+create table tally.accounts (
+  user_id uuid primary key,
+  plan_credits integer not null default 0 check (plan_credits >= 0),
+  addon_credits integer not null default 0 check (addon_credits >= 0),
+  -- The plan period the plan credits belong to: the signup grant (no
+  -- subscription) or the newest paid period of one of the user's
+  -- subscriptions. plan_spent counts what was drawn from plan credits in it,
+  -- so a plan change can give max(0, new allowance - plan_spent).
+  period_subscription_id text,
+  period_start timestamptz,
+  period_end timestamptz,
+  plan_allowance integer not null default 0 check (plan_allowance >= 0),
+  plan_spent integer not null default 0 check (plan_spent >= 0),
+  -- What credit_balances shows about the user's most relevant subscription,
+  -- kept up to date by tally.refresh_subscription_summary.
+  subscription_id text,
+  subscription_status text,
+  plan_key text,
+  current_period_start timestamptz,
+  current_period_end timestamptz,
+  cancel_at_period_end boolean not null default false,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+
+alter table tally.accounts enable row level security;
+
+revoke all on table tally.accounts from public, anon, authenticated;
+grant select on table tally.accounts to authenticated, service_role;
+
+create policy "Users can read their own account"
+  on tally.accounts for select
+  to authenticated
+  using (user_id = (select auth.uid()));
+
+create table tally.ledger_entries (
+  id bigint generated always as identity primary key,
+  user_id uuid not null references tally.accounts (user_id),
+  kind text not null check (kind in (
+    'signup', 'subscription_period', 'plan_change', 'addon_purchase',
+    'refund_clawback', 'dispute_clawback', 'dispute_reinstated',
+    'subscription_refund', 'subscription_dispute',
+    'spend', 'spend_reversal', 'adjustment'
+  )),
+  plan_delta integer not null,
+  addon_delta integer not null,
+  -- Credits a clawback could not take because they were already spent.
+  shortfall integer not null default 0 check (shortfall >= 0),
+  plan_after integer not null check (plan_after >= 0),
+  addon_after integer not null check (addon_after >= 0),
+  stripe_event_id text,
+  business_key text,
+  checkout_session_id text,
+  spend_key text,
+  reason text,
+  created_at timestamptz not null default clock_timestamp()
+);
+
+create index ledger_entries_user_id_created_at_idx
+  on tally.ledger_entries (user_id, created_at desc, id desc);
+
+alter table tally.ledger_entries enable row level security;
+
+revoke all on table tally.ledger_entries from public, anon, authenticated, service_role;
+grant select on table tally.ledger_entries to authenticated, service_role;
+
+create policy "Users can read their own ledger entries"
+  on tally.ledger_entries for select
+  to authenticated
+  using (user_id = (select auth.uid()));
+
+-- Entries are never updated or deleted: a correction is a new entry.
+create function tally.forbid_ledger_rewrite() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  raise exception using
+    errcode = '42501',
+    message = 'the credit ledger is append-only',
+    detail = format('%s on tally.ledger_entries is not allowed; post a correcting entry', tg_op);
+end;
+$$;
+
+revoke all on function tally.forbid_ledger_rewrite() from public, anon, authenticated;
+
+create trigger ledger_entries_are_append_only
+  before update or delete on tally.ledger_entries
+  for each row execute function tally.forbid_ledger_rewrite();
+
+create trigger ledger_entries_are_never_truncated
+  before truncate on tally.ledger_entries
+  for each statement execute function tally.forbid_ledger_rewrite();
+
+-- Apply a change to a locked account and record it (plan_spent moves with
+-- spends and their reversals). The caller holds the
+-- account row lock (tally.lock_account). The Stripe event being applied, if
+-- any, is read from the transaction setting tally.event_id.
+create function tally.post_entry(
+  p_user_id uuid,
+  p_kind text,
+  p_plan_delta integer,
+  p_addon_delta integer,
+  p_shortfall integer default 0,
+  p_business_key text default null,
+  p_checkout_session_id text default null,
+  p_spend_key text default null,
+  p_reason text default null,
+  p_plan_spent_delta integer default 0
+) returns tally.ledger_entries
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_account tally.accounts;
+  v_entry tally.ledger_entries;
+begin
+  update tally.accounts
+     set plan_credits = plan_credits + p_plan_delta,
+         addon_credits = addon_credits + p_addon_delta,
+         plan_spent = plan_spent + p_plan_spent_delta,
+         updated_at = now()
+   where user_id = p_user_id
+  returning * into v_account;
+
+  insert into tally.ledger_entries (
+    user_id, kind, plan_delta, addon_delta, shortfall, plan_after, addon_after,
+    stripe_event_id, business_key, checkout_session_id, spend_key, reason
+  ) values (
+    p_user_id, p_kind, p_plan_delta, p_addon_delta, p_shortfall,
+    v_account.plan_credits, v_account.addon_credits,
+    nullif(current_setting('tally.event_id', true), ''), p_business_key,
+    p_checkout_session_id, p_spend_key, p_reason
+  ) returning * into v_entry;
+  return v_entry;
+end;
+$$;
+
+revoke all on function
+  tally.post_entry(uuid, text, integer, integer, integer, text, text, text, text, integer)
+  from public, anon, authenticated;
+
+-- Lock a user's account row; every credit change of a user goes through
+-- here first, so changes of one user serialise and never deadlock.
+create function tally.lock_account(p_user_id uuid) returns tally.accounts
+language sql
+set search_path = ''
+as $$
+  select * from tally.accounts where user_id = p_user_id for update;
+$$;
+
+revoke all on function tally.lock_account(uuid) from public, anon, authenticated;
+
+create view public.credit_balances
+  with (security_invoker = true)
+as
+select user_id,
+       plan_credits,
+       addon_credits,
+       plan_credits + addon_credits as total_credits,
+       plan_key,
+       subscription_status,
+       current_period_start,
+       current_period_end,
+       cancel_at_period_end,
+       updated_at
+  from tally.accounts;
+
+comment on view public.credit_balances is
+  'One row per user: plan and add-on credits and their subscription. Each user sees only their own row.';
+
+revoke all on table public.credit_balances from public, anon, authenticated;
+grant select on table public.credit_balances to authenticated, service_role;
+
+create view public.credit_ledger
+  with (security_invoker = true)
+as
+select id,
+       user_id,
+       kind,
+       plan_delta,
+       addon_delta,
+       plan_delta + addon_delta as total_delta,
+       shortfall,
+       plan_after,
+       addon_after,
+       plan_after + addon_after as total_after,
+       stripe_event_id,
+       business_key,
+       checkout_session_id,
+       spend_key,
+       reason,
+       created_at
+  from tally.ledger_entries
+ order by created_at desc, id desc;
+
+comment on view public.credit_ledger is
+  'Every change of the user''s balance, newest first. Each user sees only their own entries.';
+
+revoke all on table public.credit_ledger from public, anon, authenticated;
+grant select on table public.credit_ledger to authenticated, service_role;

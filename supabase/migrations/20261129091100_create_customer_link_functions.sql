@@ -1,0 +1,71 @@
+-- What the sidecar needs for Checkout and the Customer Portal: storing the
+-- link between a Stripe customer and a user (which applies the events parked
+-- for that customer), and reading a user's billing profile.
+
+create function public.link_stripe_customer(user_id uuid, customer_id text) returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_linked_user_id uuid;
+begin
+  if link_stripe_customer.user_id is null then
+    raise exception using errcode = '22023', message = 'user_id is required';
+  end if;
+  if link_stripe_customer.customer_id is null
+     or link_stripe_customer.customer_id !~ '^cus_[A-Za-z0-9]{1,250}$' then
+    raise exception using errcode = '22023',
+      message = format('customer_id %L is not a Stripe customer id (cus_...)',
+                       left(link_stripe_customer.customer_id, 80));
+  end if;
+  if not exists (select 1 from auth.users u where u.id = link_stripe_customer.user_id) then
+    raise exception using errcode = 'P0002',
+      message = format('unknown user %s', link_stripe_customer.user_id);
+  end if;
+  perform tally.lock_customer(link_stripe_customer.customer_id);
+  select c.user_id into v_linked_user_id from tally.customers c
+   where c.customer_id = link_stripe_customer.customer_id;
+  if v_linked_user_id is not null and v_linked_user_id <> link_stripe_customer.user_id then
+    raise exception using errcode = '23505',
+      message = format('customer %s is already linked to another user',
+                       link_stripe_customer.customer_id);
+  end if;
+  perform tally.open_account(link_stripe_customer.user_id);
+  perform tally.link_customer(link_stripe_customer.customer_id, link_stripe_customer.user_id,
+                              'link_stripe_customer');
+end;
+$$;
+
+comment on function public.link_stripe_customer(uuid, text) is
+  'Link a Stripe customer to a user and apply the events parked for that customer.';
+
+revoke all on function public.link_stripe_customer(uuid, text) from public, anon, authenticated;
+grant execute on function public.link_stripe_customer(uuid, text) to service_role;
+
+create function public.get_billing_profile(user_id uuid) returns jsonb
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'user_exists', exists (select 1 from auth.users u where u.id = get_billing_profile.user_id),
+    'customer_id', (select c.customer_id from tally.customers c
+                     where c.user_id = get_billing_profile.user_id
+                     order by c.linked_at desc, c.customer_id
+                     limit 1),
+    'has_active_subscription', exists (
+      select 1 from tally.subscriptions s
+       where s.user_id = get_billing_profile.user_id
+         and s.status in ('active', 'trialing', 'past_due', 'unpaid', 'paused')));
+$$;
+
+comment on function public.get_billing_profile(uuid) is
+  'For the sidecar: does the user exist, their Stripe customer, and whether they already subscribe.';
+
+revoke all on function public.get_billing_profile(uuid) from public, anon, authenticated;
+grant execute on function public.get_billing_profile(uuid) to service_role;
+
+-- Nothing in tally is callable by clients; the functions above are the door.
+revoke all on all functions in schema tally from public, anon, authenticated;
