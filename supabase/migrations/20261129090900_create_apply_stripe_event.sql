@@ -37,6 +37,27 @@ $$;
 
 revoke all on function tally.dispatch_event(jsonb, uuid) from public, anon, authenticated;
 
+-- Store the link an event states outright (a user hint naming an existing
+-- user, and a customer), whatever else is wrong with the event.
+create function tally.link_named_customer(p_event jsonb, p_customer_id text) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_hint text := tally.user_hint(p_event);
+begin
+  if p_customer_id is null
+     or v_hint !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+     or not exists (select 1 from auth.users u where u.id = v_hint::uuid) then
+    return;
+  end if;
+  perform tally.open_account(v_hint::uuid);
+  perform tally.link_customer(p_customer_id, v_hint::uuid, 'event');
+end;
+$$;
+
+revoke all on function tally.link_named_customer(jsonb, text) from public, anon, authenticated;
+
 -- Apply (or re-apply) a stored event and record its outcome. Used on first
 -- receipt, when a parked event's link appears, and when an operator retries
 -- rejected events.
@@ -67,14 +88,15 @@ begin
       perform tally.lock_account(v_user_id);
       v_reason := tally.dispatch_event(v_stored.payload, v_user_id);
       v_outcome := 'applied';
-      if tally.user_hint(v_stored.payload) is not null and v_stored.customer_id is not null then
-        perform tally.link_customer(v_stored.customer_id, v_user_id, v_stored.type);
-      end if;
+      perform tally.link_named_customer(v_stored.payload, v_stored.customer_id);
     end if;
   exception when sqlstate 'TL001' then
     v_outcome := 'rejected';
     v_reason := sqlerrm;
     v_user_id := null;
+    -- A rejected event that names a real user and a customer still
+    -- tells us who the customer is.
+    perform tally.link_named_customer(v_stored.payload, v_stored.customer_id);
   end;
   update tally.stripe_events
      set outcome = v_outcome,
