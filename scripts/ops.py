@@ -56,10 +56,12 @@ def stuck_events(conn: psycopg.Connection, outcomes: Sequence[str], limit: int) 
     ).fetchall()
 
 
-def retry_rejected(conn: psycopg.Connection) -> Any:
-    """Re-apply every rejected event; returns what the database reports."""
+def retry_rejected(conn: psycopg.Connection, event_id: str | None = None) -> Any:
+    """Re-apply every rejected event (or one); returns what the database reports."""
     with as_service_role(conn):
-        row = conn.execute("select public.retry_rejected_stripe_events() as result").fetchone()
+        row = conn.execute(
+            "select public.retry_rejected_stripe_events(%s) as result", (event_id,)
+        ).fetchone()
     return row["result"] if row else None
 
 
@@ -183,7 +185,7 @@ def run_events(conn: psycopg.Connection, args: argparse.Namespace) -> int:
 
 
 def run_retry(conn: psycopg.Connection, args: argparse.Namespace) -> int:
-    result = retry_rejected(conn)
+    result = retry_rejected(conn, args.event_id)
     print_json(result)
     still = stuck_events(conn, ["rejected"], 1000)
     if still:
@@ -231,14 +233,14 @@ def run_reviews(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     return 0
 
 
-def no_arguments(parser: argparse.ArgumentParser) -> None:
-    return None
-
-
 def events_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outcome", choices=["parked", "rejected"], help="only this outcome")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def retry_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--event-id", help="only this event (evt_...); default: all rejected")
 
 
 def link_arguments(parser: argparse.ArgumentParser) -> None:
@@ -268,7 +270,7 @@ def reviews_arguments(parser: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, Command] = {
     "events": Command("list parked and rejected Stripe events", run_events, events_arguments),
-    "retry": Command("re-apply rejected events after fixing the cause", run_retry, no_arguments),
+    "retry": Command("re-apply rejected events after fixing the cause", run_retry, retry_arguments),
     "link": Command("link a Stripe customer to a user", run_link, link_arguments),
     "adjust": Command("grant (or remove) credits with a reason", run_adjust, adjust_arguments),
     "reconcile": Command(
