@@ -14,10 +14,10 @@ begin
     raise exception using errcode = '22023', message = 'user_id is required';
   end if;
   if link_stripe_customer.customer_id is null
-     or link_stripe_customer.customer_id !~ '^cus_[A-Za-z0-9]{1,250}$' then
+     or btrim(link_stripe_customer.customer_id) = ''
+     or length(link_stripe_customer.customer_id) > 255 then
     raise exception using errcode = '22023',
-      message = format('customer_id %L is not a Stripe customer id (cus_...)',
-                       left(link_stripe_customer.customer_id, 80));
+      message = 'customer_id is required (a Stripe customer id, cus_...)';
   end if;
   if not exists (select 1 from auth.users u where u.id = link_stripe_customer.user_id) then
     raise exception using errcode = 'P0002',
