@@ -1,0 +1,30 @@
+"""`python -m sidecar`: read the environment, start the app, or explain why not."""
+
+from __future__ import annotations
+
+import sys
+
+from aiohttp import web
+
+from sidecar.app import create_app
+from sidecar.config import Config, ConfigError
+from sidecar.observability import configure_logging, logger
+
+
+def main() -> int:
+    configure_logging()
+    try:
+        config = Config.from_env()
+    except ConfigError as problem:
+        print(problem, file=sys.stderr)
+        return 2
+    logger().info(
+        "sidecar starting",
+        extra={"port": config.port, "env": config.env, "transport": config.transport},
+    )
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

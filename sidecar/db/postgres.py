@@ -1,0 +1,100 @@
+"""Direct Postgres transport: an asyncpg pool calling the engine's functions.
+
+Each call is one statement, so one transaction: it commits whole or not at
+all, and a timeout cancels it server-side. The pool starts empty, so the
+sidecar starts (and answers /healthz) while the database is still down.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from sidecar.db import (
+    CATALOG_TABLES,
+    JSON,
+    CatalogKind,
+    DatabaseError,
+    DatabaseUnavailable,
+    is_retryable,
+)
+
+# Failures of the connection itself, as opposed to errors the server reported.
+CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+class PostgresDatabase:
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, timeout: float, max_size: int = 10, role: str | None = None
+    ) -> PostgresDatabase:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=0,
+            max_size=max_size,
+            timeout=timeout,
+            command_timeout=timeout,
+            # Act as the role PostgREST would use (e.g. service_role), so grants apply.
+            server_settings={"role": role} if role else None,
+        )
+        return cls(pool, timeout)
+
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        try:
+            async with self.pool.acquire(timeout=self.timeout) as conn:
+                return await conn.fetchval(sql, *args, timeout=self.timeout)
+        except asyncpg.PostgresError as error:
+            sqlstate = getattr(error, "sqlstate", None)
+            if is_retryable(sqlstate):
+                raise DatabaseUnavailable(f"database not available ({sqlstate})") from error
+            raise DatabaseError(sqlstate, getattr(error, "message", str(error))) from error
+        except CONNECTION_ERRORS as error:
+            raise DatabaseUnavailable(f"database not reachable ({type(error).__name__})") from error
+
+    async def apply_stripe_event(self, event: JSON) -> JSON:
+        result = await self._fetchval(
+            "select public.apply_stripe_event($1::text::jsonb)::text", json.dumps(event)
+        )
+        return _json_object(result)
+
+    async def link_stripe_customer(self, user_id: str, customer_id: str) -> None:
+        await self._fetchval(
+            "select public.link_stripe_customer($1::text::uuid, $2::text)", user_id, customer_id
+        )
+
+    async def get_billing_profile(self, user_id: str) -> JSON:
+        result = await self._fetchval(
+            "select public.get_billing_profile($1::text::uuid)::text", user_id
+        )
+        return _json_object(result)
+
+    async def catalog_price(self, kind: CatalogKind, key: str) -> tuple[str, bool] | None:
+        table = CATALOG_TABLES[kind]
+        row = await self._fetchval(
+            f"select json_build_array(stripe_price_id, active)::text from public.{table}"
+            " where key = $1",
+            key,
+        )
+        if row is None:
+            return None
+        price_id, active = json.loads(row)
+        return price_id, active
+
+    async def ping(self) -> None:
+        await self._fetchval("select 1")
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+def _json_object(text: str | None) -> JSON:
+    value = json.loads(text) if text is not None else None
+    if not isinstance(value, dict):
+        raise DatabaseError(None, "the database function returned no JSON object")
+    return value

@@ -1,0 +1,95 @@
+"""PostgREST transport: Supabase's REST layer, called with the service_role key.
+
+RPC is ``POST /rest/v1/rpc/<function>`` with the arguments as a JSON object;
+errors come back as ``{code, message, details, hint}`` where ``code`` is the
+SQLSTATE (or ``PGRSTxxx`` for PostgREST's own errors). POST RPCs are not
+retried by the client, and a timeout leaves the transaction to the server:
+it commits whole or not at all, and Stripe's retry is idempotent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from postgrest import AsyncPostgrestClient
+from postgrest.exceptions import APIError
+
+from sidecar.db import (
+    CATALOG_TABLES,
+    JSON,
+    CatalogKind,
+    DatabaseError,
+    DatabaseUnavailable,
+    is_retryable,
+)
+
+# PostgREST's own "cannot reach the database" codes (its error reference, group 0).
+UNAVAILABLE_CODES = {"PGRST000", "PGRST001", "PGRST002", "PGRST003"}
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def _unavailable(code: str | None) -> bool:
+    if code is None or code in UNAVAILABLE_CODES:
+        return True
+    # Without a PostgREST body, the client reports the HTTP status as the code.
+    if code.isdigit() and len(code) == 3:
+        return code.startswith("5")
+    return is_retryable(code)
+
+
+class PostgrestDatabase:
+    def __init__(self, client: AsyncPostgrestClient) -> None:
+        self.client = client
+
+    @classmethod
+    def open(cls, supabase_url: str, service_role_key: str, *, timeout: float) -> PostgrestDatabase:
+        rest_url = f"{supabase_url}/rest/v1"
+        headers = {"apikey": service_role_key, "Authorization": f"Bearer {service_role_key}"}
+        http = httpx.AsyncClient(base_url=rest_url, headers=headers, timeout=httpx.Timeout(timeout))
+        return cls(AsyncPostgrestClient(rest_url, headers=headers, http_client=http))
+
+    async def _execute(self, request: Any) -> Any:
+        try:
+            response = await request.execute()
+        except APIError as error:
+            if _unavailable(error.code):
+                raise DatabaseUnavailable(f"database not available ({error.code})") from error
+            raise DatabaseError(error.code, error.message or "database error") from error
+        except httpx.HTTPError as error:
+            raise DatabaseUnavailable(
+                f"PostgREST not reachable ({type(error).__name__})"
+            ) from error
+        return response.data
+
+    async def _rpc(self, function: str, params: JSON) -> Any:
+        return await self._execute(self.client.rpc(function, params))
+
+    async def apply_stripe_event(self, event: JSON) -> JSON:
+        return _json_object(await self._rpc("apply_stripe_event", {"event": event}))
+
+    async def link_stripe_customer(self, user_id: str, customer_id: str) -> None:
+        await self._rpc("link_stripe_customer", {"user_id": user_id, "customer_id": customer_id})
+
+    async def get_billing_profile(self, user_id: str) -> JSON:
+        return _json_object(await self._rpc("get_billing_profile", {"user_id": user_id}))
+
+    async def catalog_price(self, kind: CatalogKind, key: str) -> tuple[str, bool] | None:
+        query = self.client.from_(CATALOG_TABLES[kind]).select("stripe_price_id,active")
+        rows = await self._execute(query.eq("key", key))
+        if not rows:
+            return None
+        return rows[0]["stripe_price_id"], bool(rows[0]["active"])
+
+    async def ping(self) -> None:
+        # A real round trip to the database, not just to PostgREST.
+        await self.get_billing_profile(NIL_UUID)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _json_object(value: Any) -> JSON:
+    if not isinstance(value, dict):
+        raise DatabaseError(None, "the database function returned no JSON object")
+    return value

@@ -1,0 +1,94 @@
+"""Structured logs (one JSON object per line) and Prometheus metrics.
+
+Logs carry ids, types, outcomes and durations; never payloads or secrets.
+Metrics live in a registry per app, so several apps (tests) never collide.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LOGGER_NAME = "sidecar"
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """Renders a record and its ``extra`` fields as one JSON line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS})
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = record.exc_info[0].__name__
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """JSON lines on stdout for the sidecar's and aiohttp's loggers."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiohttp's access log repeats what the response metrics already count.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def logger() -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME)
+
+
+@dataclass
+class Metrics:
+    """The sidecar's Prometheus metrics, in a registry of their own."""
+
+    registry: CollectorRegistry = field(
+        default_factory=lambda: CollectorRegistry(auto_describe=True)
+    )
+
+    def __post_init__(self) -> None:
+        self.events = Counter(
+            "tally_stripe_events",
+            "Stripe webhook events by type and outcome",
+            ["type", "outcome"],
+            registry=self.registry,
+        )
+        self.apply_seconds = Histogram(
+            "tally_apply_stripe_event_seconds",
+            "Time spent in apply_stripe_event, transport included",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.responses = Counter(
+            "tally_http_responses",
+            "HTTP responses by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+
+
+class Stopwatch:
+    """Elapsed milliseconds since creation, for log lines."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def ms(self) -> float:
+        return round(self.seconds * 1000, 2)

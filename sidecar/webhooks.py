@@ -1,0 +1,119 @@
+"""POST /webhooks/stripe: verify, normalise, apply, answer.
+
+Statuses tell Stripe what to do next: 400/413 for what no retry can fix
+(nothing is stored), 200 once the outcome is durably recorded (or the type
+is ignored), 503 when the database is away (Stripe retries later).
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from sidecar import events, signature
+from sidecar.context import CONFIG, DATABASE, METRICS
+from sidecar.db import DatabaseError, DatabaseUnavailable
+from sidecar.observability import Stopwatch, logger
+from sidecar.responses import error, ok
+
+MAX_BODY_BYTES = 1024 * 1024
+# SQLSTATE classes meaning "this event's content is unacceptable": no retry helps.
+INPUT_SQLSTATE_CLASSES = ("22", "23")
+
+
+async def read_body(request: web.Request) -> bytes | None:
+    """The raw body, or None when it exceeds MAX_BODY_BYTES."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return None
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return None
+
+
+async def stripe_webhook(request: web.Request) -> web.Response:
+    watch = Stopwatch()
+    body = await read_body(request)
+    if body is None:
+        return _refused(413, "body larger than 1 MiB", watch)
+    config = request.app[CONFIG]
+    try:
+        signature.verify(
+            body,
+            request.headers.get("Stripe-Signature"),
+            config.webhook_secrets,
+            now=time.time(),
+            tolerance=signature.TOLERANCE_SECONDS,
+        )
+        envelope = events.read_envelope(events.parse_body(body))
+    except (signature.SignatureError, events.Unreadable) as problem:
+        return _refused(400, problem.reason, watch)
+    if not envelope.is_handled:
+        _record(request, envelope, "ignored", watch)
+        return ok({"status": "ignored", "event_id": envelope.id})
+    try:
+        typed = events.normalise(envelope)
+    except events.Unreadable as problem:
+        return _refused(400, problem.reason, watch, envelope)
+    return await _apply(request, envelope, typed, watch)
+
+
+async def _apply(
+    request: web.Request, envelope: events.Envelope, typed: dict, watch: Stopwatch
+) -> web.Response:
+    metrics = request.app[METRICS]
+    try:
+        with metrics.apply_seconds.time():
+            result = await request.app[DATABASE].apply_stripe_event(typed)
+    except DatabaseUnavailable as problem:
+        _record(request, envelope, "unavailable", watch, detail=str(problem))
+        return error(503, "database unavailable; retry later")
+    except DatabaseError as problem:
+        if (problem.sqlstate or "").startswith(INPUT_SQLSTATE_CLASSES):
+            _record(request, envelope, "refused", watch, sqlstate=problem.sqlstate)
+            return error(400, f"event refused by the database ({problem.sqlstate})")
+        _record(request, envelope, "db_error", watch, sqlstate=problem.sqlstate)
+        return error(503, "database error; retry later")
+    outcome = str(result.get("status", "unknown"))
+    _record(request, envelope, outcome, watch, reason=result.get("reason"))
+    answer = {"status": outcome, "event_id": result.get("event_id", envelope.id)}
+    if result.get("reason") is not None:
+        answer["reason"] = result["reason"]
+    return ok(answer)
+
+
+def _record(
+    request: web.Request,
+    envelope: events.Envelope,
+    outcome: str,
+    watch: Stopwatch,
+    **fields: object,
+) -> None:
+    request.app[METRICS].events.labels(type=envelope.type, outcome=outcome).inc()
+    logger().info(
+        "stripe event",
+        extra={
+            "event_id": envelope.id,
+            "event_type": envelope.type,
+            "outcome": outcome,
+            "duration_ms": watch.ms,
+            **{k: v for k, v in fields.items() if v is not None},
+        },
+    )
+
+
+def _refused(
+    status: int, reason: str, watch: Stopwatch, envelope: events.Envelope | None = None
+) -> web.Response:
+    logger().info(
+        "stripe webhook refused",
+        extra={
+            "status": status,
+            "reason": reason,
+            "event_id": envelope.id if envelope else None,
+            "event_type": envelope.type if envelope else None,
+            "duration_ms": watch.ms,
+        },
+    )
+    return error(status, reason)

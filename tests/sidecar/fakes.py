@@ -1,0 +1,337 @@
+"""Stand-ins for what cannot run here: Stripe's API and Supabase's PostgREST.
+
+Both are small aiohttp servers speaking the real wire format, so the sidecar
+talks to them through its real clients (stripe-python, postgrest-py):
+
+- ``FakeStripe``: form-encoded POSTs to /v1/customers, /v1/checkout/sessions,
+  /v1/billing_portal/sessions, answered with objects shaped like Stripe's
+  fixtures; Stripe's error body and Request-Id header; every request recorded
+  (path, form, idempotency key, API version). It can fail (HTTP 500) or hang.
+- ``FakePostgrest``: ``POST /rest/v1/rpc/<fn>`` and ``GET /rest/v1/<table>``
+  with ``apikey`` and ``Authorization: Bearer <jwt>``; runs the call in the
+  real Postgres as the token's role (``set local role`` + request.jwt.claims),
+  and maps SQLSTATEs to HTTP statuses as PostgREST's error reference does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import jwt
+from aiohttp import web
+
+from scripts import stripe_events as se
+
+# ----------------------------------------------------------------------------------
+# Stripe
+# ----------------------------------------------------------------------------------
+
+
+@dataclass
+class StripeRequest:
+    method: str
+    path: str
+    form: dict[str, str]
+    idempotency_key: str | None
+    stripe_version: str | None
+    authorization: str | None
+
+
+@dataclass
+class FakeStripe:
+    """Records requests; ``fail_with`` (an HTTP status) or ``hang`` make it misbehave."""
+
+    requests: list[StripeRequest] = field(default_factory=list)
+    fail_with: int | None = None
+    hang: bool = False
+    ids: se.Ids = field(default_factory=lambda: se.Ids("fake-stripe"))
+    _by_idempotency_key: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/customers", self.customers)
+        app.router.add_post("/v1/checkout/sessions", self.checkout_sessions)
+        app.router.add_post("/v1/billing_portal/sessions", self.portal_sessions)
+        return app
+
+    def of_path(self, path: str) -> list[StripeRequest]:
+        return [r for r in self.requests if r.path == path]
+
+    async def _record(self, request: web.Request) -> StripeRequest | web.Response:
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        recorded = StripeRequest(
+            request.method,
+            request.path,
+            form,
+            request.headers.get("Idempotency-Key"),
+            request.headers.get("Stripe-Version"),
+            request.headers.get("Authorization"),
+        )
+        self.requests.append(recorded)
+        if self.hang:
+            await asyncio.sleep(3600)
+        if self.fail_with:
+            return web.json_response(
+                {"error": {"type": "api_error", "message": "An unknown error occurred"}},
+                status=self.fail_with,
+                headers={"Request-Id": "req_fake_failure"},
+            )
+        return recorded
+
+    def _respond(self, key: str | None, make: Any) -> web.Response:
+        # Stripe answers a repeated idempotency key with the first response.
+        if key and key in self._by_idempotency_key:
+            body = self._by_idempotency_key[key]
+        else:
+            body = make()
+            if key:
+                self._by_idempotency_key[key] = body
+        return web.json_response(body, headers={"Request-Id": self.ids.new("req")})
+
+    async def customers(self, request: web.Request) -> web.Response:
+        recorded = await self._record(request)
+        if isinstance(recorded, web.Response):
+            return recorded
+        metadata = {"user_id": recorded.form.get("metadata[user_id]", "")}
+        return self._respond(
+            recorded.idempotency_key,
+            lambda: se.customer(id=self.ids.new("cus"), created=1, metadata=metadata),
+        )
+
+    async def checkout_sessions(self, request: web.Request) -> web.Response:
+        recorded = await self._record(request)
+        if isinstance(recorded, web.Response):
+            return recorded
+        form = recorded.form
+
+        def make() -> dict[str, Any]:
+            return se.checkout_session(
+                id=self.ids.new("cs_test"),
+                mode=form["mode"],  # type: ignore[arg-type]
+                created=1,
+                payment_status="unpaid",
+                status="open",
+                customer=form.get("customer"),
+                client_reference_id=form.get("client_reference_id"),
+                metadata={k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")},
+                success_url=form["success_url"],
+                cancel_url=form["cancel_url"],
+            )
+
+        return self._respond(recorded.idempotency_key, make)
+
+    async def portal_sessions(self, request: web.Request) -> web.Response:
+        recorded = await self._record(request)
+        if isinstance(recorded, web.Response):
+            return recorded
+        return self._respond(
+            recorded.idempotency_key,
+            lambda: se.billing_portal_session(
+                id=self.ids.new("bps"),
+                customer=recorded.form["customer"],
+                created=1,
+                return_url=recorded.form["return_url"],
+            ),
+        )
+
+
+# ----------------------------------------------------------------------------------
+# PostgREST
+# ----------------------------------------------------------------------------------
+
+# PostgREST's SQLSTATE -> HTTP status table (docs.postgrest.org, references/errors).
+EXACT_STATUSES = {
+    "23503": 409,
+    "23505": 409,
+    "25006": 405,
+    "53400": 500,
+    "P0001": 400,
+    "42883": 404,
+    "42P01": 404,
+}
+PREFIX_STATUSES = {
+    "08": 503,
+    "09": 500,
+    "0L": 403,
+    "0P": 403,
+    "25": 500,
+    "28": 403,
+    "2D": 500,
+    "38": 500,
+    "39": 500,
+    "3B": 500,
+    "40": 500,
+    "53": 503,
+    "54": 413,
+    "55": 500,
+    "57": 500,
+    "58": 500,
+    "F0": 500,
+    "HV": 500,
+    "P0": 500,
+    "XX": 500,
+}
+
+
+def postgrest_status(sqlstate: str, role: str) -> int:
+    """The HTTP status PostgREST answers for a SQLSTATE."""
+    if sqlstate == "42501":
+        return 401 if role == "anon" else 403
+    if sqlstate.startswith("PT") and sqlstate[2:].isdigit():
+        return int(sqlstate[2:])
+    if sqlstate in EXACT_STATUSES:
+        return EXACT_STATUSES[sqlstate]
+    return PREFIX_STATUSES.get(sqlstate[:2], 400)
+
+
+def postgrest_error(status: int, code: str, message: str, details: Any = None) -> web.Response:
+    body = {"code": code, "message": message, "details": details, "hint": None}
+    return web.json_response(body, status=status)
+
+
+@dataclass
+class FakePostgrest:
+    """PostgREST in front of a real database; ``api_keys`` are the accepted apikeys."""
+
+    database_url: str
+    jwt_secret: str
+    api_keys: set[str]
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (function or table, role)
+    pool: asyncpg.Pool | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/rest/v1/rpc/{function}", self.rpc)
+        app.router.add_get("/rest/v1/{table}", self.table)
+        app.cleanup_ctx.append(self._pool)
+        return app
+
+    async def _pool(self, app: web.Application):
+        self.pool = await asyncpg.create_pool(self.database_url, min_size=0, max_size=4)
+        yield
+        await self.pool.close()
+
+    def _claims(self, request: web.Request) -> dict[str, Any] | web.Response:
+        if request.headers.get("apikey") not in self.api_keys:
+            return postgrest_error(401, "PGRST301", "Invalid API key")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer":
+            return {"role": "anon"}
+        try:
+            return jwt.decode(
+                token,
+                self.jwt_secret,
+                algorithms=["HS256"],
+                audience=None,
+                options={"verify_aud": False},
+            )
+        except jwt.PyJWTError:
+            return postgrest_error(401, "PGRST301", "JWT could not be decoded")
+
+    async def _run(self, claims: dict[str, Any], sql: str, *args: Any) -> web.Response | Any:
+        role = str(claims.get("role", "anon"))
+        assert self.pool is not None
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(f'set local role "{role}"')
+                await conn.execute(
+                    "select set_config('request.jwt.claims', $1, true)", json.dumps(claims)
+                )
+                return await conn.fetchval(sql, *args)
+        except asyncpg.PostgresError as error:
+            code = error.sqlstate or "XX000"
+            return postgrest_error(
+                postgrest_status(code, role),
+                code,
+                getattr(error, "message", str(error)),
+                getattr(error, "detail", None),
+            )
+        except (OSError, asyncpg.InterfaceError):
+            return postgrest_error(
+                503, "PGRST000", "Database client error. Retrying the connection."
+            )
+
+    async def rpc(self, request: web.Request) -> web.Response:
+        claims = self._claims(request)
+        if isinstance(claims, web.Response):
+            return claims
+        function = request.match_info["function"]
+        self.calls.append((function, str(claims.get("role"))))
+        try:
+            args = await request.json()
+        except ValueError:
+            return postgrest_error(400, "PGRST102", "Empty or invalid json")
+        if not isinstance(args, dict):
+            return postgrest_error(400, "PGRST102", "Empty or invalid json")
+        signature = await self._signature(function, sorted(args))
+        if isinstance(signature, web.Response):
+            return signature
+        arg_types, returns = signature
+        call = ", ".join(
+            f"\"{name}\" := ($1::jsonb -> '{name}')::{kind}"
+            if kind in ("json", "jsonb")
+            else f"\"{name}\" := ($1::jsonb ->> '{name}')::{kind}"
+            for name, kind in arg_types
+        )
+        result = await self._run(
+            claims, f'select to_jsonb(public."{function}"({call}))::text', json.dumps(args)
+        )
+        if isinstance(result, web.Response):
+            return result
+        if returns == "void":
+            return web.Response(status=204)
+        return web.Response(text=result or "null", content_type="application/json")
+
+    async def _signature(
+        self, function: str, names: list[str]
+    ) -> tuple[list[tuple[str, str]], str] | web.Response:
+        """Argument names and types of public.<function> taking exactly ``names``."""
+        assert self.pool is not None
+        rows = await self.pool.fetch(
+            """
+            select p.proargnames as names,
+                   array(select format_type(t, null) from unnest(p.proargtypes) t) as types,
+                   format_type(p.prorettype, null) as returns
+              from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+             where n.nspname = 'public' and p.proname = $1
+            """,
+            function,
+        )
+        for row in rows:
+            pairs = list(zip(row["names"] or [], row["types"], strict=False))
+            if sorted(name for name, _ in pairs) == names:
+                return pairs, row["returns"]
+        return postgrest_error(
+            404,
+            "PGRST202",
+            f"Could not find the function public.{function}({', '.join(names)})"
+            " in the schema cache",
+        )
+
+    async def table(self, request: web.Request) -> web.Response:
+        claims = self._claims(request)
+        if isinstance(claims, web.Response):
+            return claims
+        table = request.match_info["table"]
+        self.calls.append((table, str(claims.get("role"))))
+        columns = request.query.get("select", "*")
+        filters = [(k, v.removeprefix("eq.")) for k, v in request.query.items() if k != "select"]
+        if not all(
+            c.replace("_", "").isalnum()
+            for c in [table, *columns.split(","), *dict(filters)]
+            if c != "*"
+        ):
+            return postgrest_error(400, "PGRST100", "unsupported query in this stand-in")
+        where = " and ".join(f'"{k}" = ${i}' for i, (k, _) in enumerate(filters, start=1))
+        sql = (
+            f"select coalesce(json_agg(t), '[]')::text from (select {columns}"
+            f' from public."{table}"{" where " + where if where else ""}) t'
+        )
+        result = await self._run(claims, sql, *(v for _, v in filters))
+        if isinstance(result, web.Response):
+            return result
+        return web.Response(text=result, content_type="application/json")

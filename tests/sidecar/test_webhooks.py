@@ -1,0 +1,313 @@
+"""POST /webhooks/stripe through the real app into the real engine."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+from scripts import stripe_events as se
+from tests.sidecar.conftest import (
+    PACKS,
+    PLANS,
+    ROLLED_SECRET,
+    SIGNUP_CREDITS,
+    WEBHOOK_SECRET,
+    credits,
+    deliver,
+    deliver_all,
+    stored_events,
+    stored_outcome,
+    world,
+)
+
+STARTER_PRICE, STARTER_CREDITS = PLANS["starter"]
+PRO_PRICE, PRO_CREDITS = PLANS["pro"]
+PACK_PRICE, PACK_CREDITS = PACKS["pack_500"]
+
+
+@pytest.fixture
+def event():
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id="4f1d7c1e-0000-4000-8000-000000000001"), PACK_PRICE)
+    return out[-1]
+
+
+async def post_raw(client, body: bytes | io.BytesIO, headers: dict[str, str]):
+    response = await client.post("/webhooks/stripe", data=body, headers=headers)
+    return response.status, await response.json()
+
+
+# -- signatures over HTTP ------------------------------------------------------------------
+
+
+async def test_accepts_a_validly_signed_event(sidecar, event):
+    status, answer = await deliver(sidecar, event)
+    assert status == 200
+    assert answer["event_id"] == event["id"]
+
+
+async def test_accepts_the_second_of_two_rolled_secrets(sidecar, event, db):
+    status, _ = await deliver(sidecar, event, secret=ROLLED_SECRET)
+    assert status == 200
+    assert stored_events(db) == 1
+
+
+async def test_rejects_a_wrong_secret_and_stores_nothing(sidecar, event, db):
+    status, answer = await deliver(sidecar, event, secret="whsec_attacker")
+    assert (status, answer) == (400, {"error": "no valid v1 signature for this payload"})
+    assert stored_events(db) == 0
+
+
+async def test_rejects_stale_timestamp(sidecar, event, db):
+    status, answer = await deliver(sidecar, event, timestamp=int(time.time()) - 301)
+    assert (status, answer["error"]) == (400, "timestamp outside the tolerance zone")
+    assert stored_events(db) == 0
+
+
+async def test_rejects_v0_only_signature(sidecar, event, db):
+    body = se.encode(event)
+    header = se.sign(body, WEBHOOK_SECRET, scheme="v0")
+    status, answer = await post_raw(sidecar, body, {"Stripe-Signature": header})
+    assert (status, answer["error"]) == (400, "Stripe-Signature header has no v1 signature")
+    assert stored_events(db) == 0
+
+
+async def test_rejects_malformed_signature_header(sidecar, event, db):
+    status, answer = await post_raw(sidecar, se.encode(event), {"Stripe-Signature": "nonsense"})
+    assert (status, answer["error"]) == (400, "malformed Stripe-Signature header")
+    assert stored_events(db) == 0
+
+
+async def test_rejects_missing_signature_header(sidecar, event, db):
+    status, answer = await post_raw(sidecar, se.encode(event), {})
+    assert (status, answer["error"]) == (400, "missing Stripe-Signature header")
+    assert stored_events(db) == 0
+
+
+async def test_rejects_body_changed_by_one_byte(sidecar, event, db):
+    body, headers = se.signed_request(event, WEBHOOK_SECRET)
+    changed = body.replace(b'"livemode": false', b'"livemode": falsE', 1)
+    assert len(changed) == len(body) and changed != body
+    status, _ = await post_raw(sidecar, changed, headers)
+    assert status == 400
+    assert stored_events(db) == 0
+
+
+async def test_rejects_oversize_body_with_413(sidecar, event, db):
+    event["data"]["object"]["metadata"]["padding"] = "x" * (1024 * 1024)
+    body, headers = se.signed_request(event, WEBHOOK_SECRET)
+    status, answer = await post_raw(sidecar, io.BytesIO(body), headers)
+    assert (status, answer["error"]) == (413, "body larger than 1 MiB")
+    assert stored_events(db) == 0
+
+
+async def test_rejects_oversize_chunked_body_with_413(sidecar):
+    async def chunks():
+        for _ in range(20):
+            yield b"x" * 65536
+
+    response = await sidecar.post("/webhooks/stripe", data=chunks())
+    assert response.status == 413
+
+
+async def test_signed_garbage_is_a_400_and_stores_nothing(sidecar, db):
+    body = b'{"hello": "world"}'
+    status, answer = await post_raw(
+        sidecar, body, {"Stripe-Signature": se.sign(body, WEBHOOK_SECRET)}
+    )
+    assert (status, answer["error"]) == (400, "id is missing")
+    assert stored_events(db) == 0
+
+
+# -- outcomes ------------------------------------------------------------------------------
+
+
+async def test_unhandled_type_is_ignored_without_touching_the_database(sidecar, db):
+    event = world().unhandled("customer.updated")
+    status, answer = await deliver(sidecar, event)
+    assert (status, answer) == (200, {"status": "ignored", "event_id": event["id"]})
+    assert stored_events(db) == 0
+
+
+async def test_redelivery_is_a_duplicate_and_grants_once(sidecar, db, make_user):
+    user = make_user()
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    assert await deliver_all(sidecar, out + out) == ["applied", "duplicate"]
+    assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS)
+
+
+async def test_twin_event_for_the_same_session_grants_once(sidecar, db, make_user):
+    user = make_user()
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    await deliver_all(sidecar, [out[-1], w.twin(out[-1])])
+    assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS)
+
+
+async def test_unknown_user_is_rejected_with_its_reason(sidecar, db):
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id="4f1d7c1e-0000-4000-8000-00000000dead"), PACK_PRICE)
+    status, answer = await deliver(sidecar, out[-1])
+    assert (status, answer["status"]) == (200, "rejected")
+    assert answer["reason"]
+    assert stored_outcome(db, out[-1]["id"]) == "rejected"
+
+
+async def test_pack_session_without_price_metadata_is_rejected(sidecar, db, make_user):
+    user = make_user()
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE, price_id_in_metadata=False)
+    assert await deliver_all(sidecar, out) == ["rejected"]
+    assert credits(db, user) == (SIGNUP_CREDITS, 0)
+
+
+async def test_event_without_user_hint_is_parked_then_applied_on_link(sidecar, db, make_user):
+    user = make_user()
+    w = world()
+    customer = w.customer(user_id=None)
+    sub, out = w.subscribe(customer, STARTER_PRICE, via_checkout=False)
+    assert set(await deliver_all(sidecar, out)) == {"parked"}
+    db.execute("select public.link_stripe_customer(%s, %s)", (user, customer.id))
+    assert credits(db, user) == (STARTER_CREDITS, 0)
+    assert sub.id
+
+
+# -- every handled type, both layouts, balances --------------------------------------------
+
+
+@pytest.fixture(params=["legacy", "basil"])
+def layout(request) -> se.Layout:
+    return request.param
+
+
+async def test_subscription_checkout_sets_plan_credits(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    _, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
+    types = [e["type"] for e in out]
+    assert types == [
+        "customer.subscription.created",
+        "invoice.paid",
+        "checkout.session.completed",
+    ]
+    assert set(await deliver_all(sidecar, out)) == {"applied"}
+    assert credits(db, user) == (STARTER_CREDITS, 0)
+
+
+async def test_renewal_resets_plan_credits(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    sub, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
+    await deliver_all(sidecar, out)
+    db.execute("select public.spend_credits(%s, 300, 'job-1')", (user,))
+    await deliver_all(sidecar, w.renew(sub))
+    assert credits(db, user) == (STARTER_CREDITS, 0)
+
+
+async def test_upgrade_gives_new_allowance_minus_spent(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    sub, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
+    await deliver_all(sidecar, out)
+    db.execute("select public.spend_credits(%s, 300, 'job-1')", (user,))
+    await deliver_all(sidecar, w.change_plan(sub, PRO_PRICE, invoice_now=True))
+    assert credits(db, user) == (PRO_CREDITS - 300, 0)
+
+
+async def test_failed_invoice_grants_nothing_until_paid(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    sub, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
+    await deliver_all(sidecar, out)
+    db.execute("select public.spend_credits(%s, 100, 'job-1')", (user,))
+    await deliver_all(sidecar, w.fail_renewal(sub))
+    assert credits(db, user) == (STARTER_CREDITS - 100, 0)
+    assert balance_status(db, user) == "past_due"
+    await deliver_all(sidecar, w.retry_payment(sub))
+    assert credits(db, user) == (STARTER_CREDITS, 0)
+    assert balance_status(db, user) == "active"
+
+
+async def test_pack_purchase_adds_addon_credits(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    assert await deliver_all(sidecar, out) == ["applied"]
+    assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS)
+
+
+async def test_async_pack_grants_only_when_payment_succeeds(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    pack, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE, asynchronous=True)
+    await deliver_all(sidecar, out)
+    assert credits(db, user) == (SIGNUP_CREDITS, 0)
+    await deliver_all(sidecar, w.settle(pack))
+    assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS)
+
+
+async def test_failed_async_pack_grants_nothing(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    pack, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE, asynchronous=True)
+    await deliver_all(sidecar, out + w.settle(pack, succeeded=False))
+    assert credits(db, user) == (SIGNUP_CREDITS, 0)
+
+
+async def test_partial_refund_claws_back_its_share(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    pack, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    await deliver_all(sidecar, out + w.refund(pack, 300))
+    clawed = round(PACK_CREDITS * 300 / pack.amount)
+    assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS - clawed)
+
+
+async def test_dispute_claws_back_then_won_restores(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    pack, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    dispute, opened = w.open_dispute(pack)
+    await deliver_all(sidecar, out + opened)
+    assert credits(db, user) == (SIGNUP_CREDITS, 0)
+    await deliver_all(sidecar, w.close_dispute(dispute, won=True))
+    assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS)
+
+
+async def test_refund_of_a_subscription_invoice_moves_no_credits(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    sub, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
+    await deliver_all(sidecar, out)
+    outcomes = await deliver_all(sidecar, w.refund(sub))
+    assert outcomes in (["applied"], ["parked"], ["rejected"])
+    assert credits(db, user) == (STARTER_CREDITS, 0)
+
+
+async def test_cancellation_keeps_credits_and_ends_the_subscription(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    sub, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
+    await deliver_all(sidecar, out + w.cancel(sub) + w.end_of_period(sub))
+    assert credits(db, user) == (STARTER_CREDITS, 0)
+    assert balance_status(db, user) == "canceled"
+
+
+async def test_invoice_before_checkout_and_created_gives_the_same_result(
+    sidecar, db, make_user, layout
+):
+    user = make_user()
+    w = world(layout)
+    _, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
+    await deliver_all(sidecar, list(reversed(out)))
+    assert credits(db, user) == (STARTER_CREDITS, 0)
+
+
+def balance_status(db, user) -> str | None:
+    row = db.execute(
+        "select subscription_status from public.credit_balances where user_id = %s", (user,)
+    ).fetchone()
+    return row["subscription_status"]
