@@ -111,8 +111,7 @@ async def postgrest_url(aiohttp_server, fake_postgrest: FakePostgrest) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
-@pytest.fixture
-async def postgrest_sidecar(make_sidecar: MakeClient, postgrest_url: str) -> TestClient:
+async def postgrest_client(make_sidecar: MakeClient, postgrest_url: str) -> TestClient:
     return await make_sidecar(
         transport="postgrest",
         database_url=None,
@@ -121,12 +120,20 @@ async def postgrest_sidecar(make_sidecar: MakeClient, postgrest_url: str) -> Tes
     )
 
 
+@pytest.fixture
+async def postgrest_sidecar(make_sidecar: MakeClient, postgrest_url: str) -> TestClient:
+    return await postgrest_client(make_sidecar, postgrest_url)
+
+
 @pytest.fixture(params=["postgres", "postgrest"])
-async def any_sidecar(request, make_sidecar: MakeClient) -> TestClient:
+async def any_sidecar(
+    request, make_sidecar: MakeClient, aiohttp_server, fake_postgrest: FakePostgrest
+) -> TestClient:
     """The sidecar on each transport in turn."""
     if request.param == "postgres":
         return await make_sidecar()
-    return await request.getfixturevalue("postgrest_sidecar")
+    server: TestServer = await aiohttp_server(fake_postgrest.app())
+    return await postgrest_client(make_sidecar, str(server.make_url("")).rstrip("/"))
 
 
 async def deliver(

@@ -293,7 +293,7 @@ class FakePostgrest:
         assert self.pool is not None
         rows = await self.pool.fetch(
             """
-            select p.proargnames as names,
+            select p.proargnames as names, p.pronargdefaults as defaults,
                    array(select format_type(t, null) from unnest(p.proargtypes) t) as types,
                    format_type(p.prorettype, null) as returns
               from pg_proc p join pg_namespace n on n.oid = p.pronamespace
@@ -303,8 +303,10 @@ class FakePostgrest:
         )
         for row in rows:
             pairs = list(zip(row["names"] or [], row["types"], strict=False))
-            if sorted(name for name, _ in pairs) == names:
-                return pairs, row["returns"]
+            required = {name for name, _ in pairs[: len(pairs) - row["defaults"]]}
+            # Like PostgREST: every given argument exists, every one without default is given.
+            if set(names) <= {name for name, _ in pairs} and required <= set(names):
+                return [(n, t) for n, t in pairs if n in names], row["returns"]
         return postgrest_error(
             404,
             "PGRST202",

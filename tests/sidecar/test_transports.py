@@ -1,0 +1,230 @@
+"""Both database transports behave the same, and failures become 503 with nothing half-done."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import psycopg
+import pytest
+
+from tests.sidecar.conftest import (
+    ANON_KEY,
+    JWT_SECRET,
+    PACKS,
+    PLANS,
+    SERVICE_ROLE_KEY,
+    SIGNUP_CREDITS,
+    credits,
+    deliver,
+    deliver_all,
+    stored_events,
+    user_token,
+    world,
+)
+from tests.sidecar.fakes import FakePostgrest, postgrest_status
+
+PACK_PRICE, PACK_CREDITS = PACKS["pack_500"]
+STARTER_PRICE, STARTER_CREDITS = PLANS["starter"]
+
+
+# -- the same behaviour on both ---------------------------------------------------------------
+
+
+async def test_pack_purchase_and_redelivery_on_each_transport(any_sidecar, db, make_user):
+    user = make_user()
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    assert await deliver_all(any_sidecar, out + out) == ["applied", "duplicate"]
+    assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS)
+
+
+async def test_subscription_lifecycle_on_each_transport(any_sidecar, db, make_user):
+    user = make_user()
+    w = world("legacy")
+    sub, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
+    await deliver_all(any_sidecar, out + w.renew(sub) + w.cancel(sub, at_period_end=False))
+    assert credits(db, user) == (STARTER_CREDITS, 0)
+
+
+async def test_parked_event_applies_when_linked_on_each_transport(any_sidecar, db, make_user):
+    user = make_user()
+    w = world()
+    customer = w.customer(user_id=None)
+    _, out = w.subscribe(customer, STARTER_PRICE, via_checkout=False)
+    assert set(await deliver_all(any_sidecar, out)) == {"parked"}
+    db.execute("select public.link_stripe_customer(%s, %s)", (user, customer.id))
+    assert credits(db, user) == (STARTER_CREDITS, 0)
+
+
+async def test_postgrest_calls_run_as_service_role(postgrest_sidecar, fake_postgrest, make_user):
+    user = make_user()
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    await deliver_all(postgrest_sidecar, out)
+    assert fake_postgrest.calls == [("apply_stripe_event", "service_role")]
+
+
+async def test_readyz_goes_through_each_transport(any_sidecar):
+    response = await any_sidecar.get("/readyz")
+    assert (response.status, await response.json()) == (200, {"status": "ready"})
+
+
+# -- the PostgREST stand-in speaks PostgREST -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "role", "status"),
+    [
+        ("PT402", "service_role", 402),
+        ("23505", "service_role", 409),
+        ("23503", "service_role", 409),
+        ("22023", "service_role", 400),
+        ("P0001", "service_role", 400),
+        ("P0002", "service_role", 500),
+        ("42501", "anon", 401),
+        ("42501", "authenticated", 403),
+        ("42883", "service_role", 404),
+        ("08006", "service_role", 503),
+        ("53300", "service_role", 503),
+        ("54001", "service_role", 413),
+        ("57014", "service_role", 500),
+    ],
+)
+def test_stand_in_maps_sqlstates_like_postgrest(sqlstate, role, status):
+    assert postgrest_status(sqlstate, role) == status
+
+
+async def rpc(url: str, function: str, args: dict, *, apikey: str, token: str | None):
+    headers = {"apikey": apikey}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with httpx.AsyncClient() as client:
+        return await client.post(f"{url}/rest/v1/rpc/{function}", json=args, headers=headers)
+
+
+async def test_stand_in_answers_402_with_postgrest_error_body(postgrest_url, make_user):
+    user = make_user()
+    response = await rpc(
+        postgrest_url,
+        "spend_credits",
+        {"user_id": str(user), "amount": SIGNUP_CREDITS + 1, "idempotency_key": "k1"},
+        apikey=SERVICE_ROLE_KEY,
+        token=SERVICE_ROLE_KEY,
+    )
+    assert response.status_code == 402
+    assert set(response.json()) == {"code", "message", "details", "hint"}
+    assert response.json()["code"] == "PT402"
+
+
+async def test_stand_in_refuses_anon_with_401(postgrest_url, make_user):
+    user = make_user()
+    response = await rpc(
+        postgrest_url, "get_billing_profile", {"user_id": str(user)}, apikey=ANON_KEY, token=None
+    )
+    assert (response.status_code, response.json()["code"]) == (401, "42501")
+
+
+async def test_stand_in_refuses_signed_in_users_with_403(postgrest_url, make_user):
+    user = make_user()
+    response = await rpc(
+        postgrest_url,
+        "get_billing_profile",
+        {"user_id": str(user)},
+        apikey=ANON_KEY,
+        token=user_token(user),
+    )
+    assert (response.status_code, response.json()["code"]) == (403, "42501")
+
+
+async def test_stand_in_refuses_an_unknown_apikey(postgrest_url):
+    response = await rpc(postgrest_url, "get_billing_profile", {}, apikey="nope", token=None)
+    assert response.status_code == 401
+
+
+async def test_stand_in_answers_404_for_an_unknown_function(postgrest_url):
+    response = await rpc(
+        postgrest_url, "no_such_function", {}, apikey=SERVICE_ROLE_KEY, token=SERVICE_ROLE_KEY
+    )
+    assert (response.status_code, response.json()["code"]) == (404, "PGRST202")
+
+
+# -- failures: 503 and nothing half-done ---------------------------------------------------
+
+
+async def test_postgrest_unreachable_gives_503(make_sidecar, db, make_user, unused_tcp_port):
+    client = await make_sidecar(
+        transport="postgrest",
+        database_url=None,
+        supabase_url=f"http://127.0.0.1:{unused_tcp_port}",
+        supabase_service_role_key=SERVICE_ROLE_KEY,
+    )
+    user = make_user()
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    status, answer = await deliver(client, out[-1])
+    assert (status, answer["error"]) == (503, "database unavailable; retry later")
+    assert stored_events(db) == 0
+    assert (await client.get("/readyz")).status == 503
+
+
+async def test_postgrest_connection_error_body_gives_503(
+    aiohttp_server, make_sidecar, database_url, db, make_user
+):
+    # PostgREST up, its database unreachable: it answers 503 PGRST000 itself.
+    broken = FakePostgrest("postgresql://postgres@127.0.0.1:1/none", JWT_SECRET, {SERVICE_ROLE_KEY})
+    server = await aiohttp_server(broken.app())
+    client = await make_sidecar(
+        transport="postgrest",
+        database_url=None,
+        supabase_url=str(server.make_url("")).rstrip("/"),
+        supabase_service_role_key=SERVICE_ROLE_KEY,
+    )
+    user = make_user()
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    status, _ = await deliver(client, out[-1])
+    assert status == 503
+    assert stored_events(db) == 0
+
+
+async def test_statement_timeout_gives_503_then_redelivery_grants_once(
+    make_sidecar, database_url, db, make_user
+):
+    client = await make_sidecar(db_timeout=0.5)
+    user = make_user()
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("select 1 from tally.accounts where user_id = %s for update", (user,))
+        status, _ = await deliver(client, out[-1])
+        assert status == 503
+    assert stored_events(db) == 0
+    assert await deliver_all(client, out) == ["applied"]
+    assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS)
+
+
+async def test_database_stopped_mid_test_gives_503_then_exactly_one_grant(
+    sidecar, pg_server, db, database_url, make_user
+):
+    user = make_user()
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    assert (await sidecar.get("/readyz")).status == 200  # the pool holds a connection now
+    db.close()
+    await asyncio.to_thread(pg_server.stop)
+    try:
+        status, answer = await deliver(sidecar, out[-1])
+        assert (status, answer["error"]) == (503, "database unavailable; retry later")
+        assert (await sidecar.get("/readyz")).status == 503
+    finally:
+        await asyncio.to_thread(pg_server.start)
+    assert await deliver_all(sidecar, out) == ["applied"]
+    assert await deliver_all(sidecar, out) == ["duplicate"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        grants = conn.execute(
+            "select count(*) from tally.ledger_entries where user_id = %s"
+            " and kind = 'addon_purchase'",
+            (user,),
+        ).fetchone()[0]
+    assert grants == 1
