@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -314,7 +315,7 @@ def play(demo: Demo, catalog: Catalog) -> None:
 COLUMNS = (
     ("#", 2),
     ("step", 46),
-    ("event", 28),
+    ("event", 29),
     ("layout", 6),
     ("outcome", 9),
     ("plan", 5),
@@ -412,10 +413,15 @@ def run(summary_path: Path | None) -> int:
     return 0 if not failed and reconciled else 1
 
 
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="also write the steps and balances here")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)  # stop everything on SIGTERM too, like Ctrl-C
     try:
         return run(args.json)
     except KeyboardInterrupt:

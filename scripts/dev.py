@@ -206,23 +206,15 @@ def print_instructions(settings: SidecarSettings, generated_secret: bool) -> Non
 
 
 def supervise(process: subprocess.Popen[str]) -> int:
-    """Wait for Ctrl-C (or SIGTERM); a sidecar that dies ends the session with its code."""
-    stop = {"requested": False}
+    """Wait until Ctrl-C or SIGTERM (KeyboardInterrupt); a sidecar that dies ends it."""
+    while process.poll() is None:
+        time.sleep(0.5)
+    print(f"the sidecar exited with code {process.returncode}", file=sys.stderr)
+    return process.returncode or 1
 
-    def request_stop(signum: int, frame: object) -> None:
-        stop["requested"] = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    try:
-        while not stop["requested"]:
-            if process.poll() is not None:
-                print(f"the sidecar exited with code {process.returncode}", file=sys.stderr)
-                return process.returncode or 1
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    print("\nstopping...")
-    return 0
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @contextmanager
@@ -250,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         help="with DATABASE_URL set: apply pending migrations and the seed to it first",
     )
     args = parser.parse_args(argv)
+    # From here on SIGTERM unwinds like Ctrl-C: the sidecar and the database stop in order.
+    signal.signal(signal.SIGTERM, interrupt)
     port = parse_port(os.environ.get("PORT"))
+    serving = False
     webhook_secrets, generated = webhook_secrets_from_env()
     try:
         with database_for_dev(args.migrate) as dsn:
@@ -264,12 +259,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             with running_sidecar(settings) as process:
                 print_instructions(settings, generated)
+                serving = True
                 return supervise(process)
     except StackError as error:
         print(f"dev: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        print("\nstopped: the sidecar and the local database are down")
+        return 0 if serving else 130
 
 
 if __name__ == "__main__":

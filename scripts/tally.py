@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -31,10 +32,40 @@ def ensure_environment() -> None:
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
     if not PYTHON.exists():
-        venv.create(VENV, with_pip=True)
-    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "-e", f"{ROOT}[dev]"], check=True)
+        print(f"creating {VENV} and installing the project (once)...", flush=True)
+    pip = pip_command()
+    subprocess.run([*pip, "install", "--disable-pip-version-check", "-q", "-e", f"{ROOT}[dev]"],
+                   check=True)  # fmt: skip
     STAMP.write_text(wanted)
+
+
+def pip_command() -> list[str]:
+    """A pip that installs into .venv, creating .venv if needed.
+
+    Debian's python3 may lack ensurepip (the python3-venv package): then the
+    venv is made without pip and the system's pip installs into it.
+    """
+    if not PYTHON.exists():
+        try:
+            venv.create(VENV, with_pip=True)
+        except subprocess.CalledProcessError:
+            venv.create(VENV, with_pip=False, clear=True)
+    if subprocess.run([str(PYTHON), "-m", "pip", "--version"], capture_output=True).returncode == 0:
+        return [str(PYTHON), "-m", "pip"]
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode:
+        sys.exit("tally needs pip: install python3-pip and python3-venv, then run this again")
+    return [sys.executable, "-m", "pip", "--python", str(PYTHON)]
+
+
+def run_in_environment(command: list[str]) -> int:
+    """Run the command; Ctrl-C and SIGTERM reach it, and it stops itself in order."""
+    child = subprocess.Popen(command)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            continue  # the terminal sent the same Ctrl-C to the child
 
 
 def main() -> int:
@@ -47,7 +78,7 @@ def main() -> int:
     ensure_environment()
     command = [str(PYTHON), *COMMANDS[sys.argv[1]], *sys.argv[2:]]
     os.chdir(ROOT)
-    return subprocess.run(command).returncode
+    return run_in_environment(command)
 
 
 if __name__ == "__main__":
