@@ -1,0 +1,205 @@
+"""SPEC 2 'Refund of an add-on payment', 'Dispute on an add-on payment', and
+'Refund or dispute on a subscription invoice'."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import typed_events as te
+
+
+def bought(engine, buyer, pack: str = "pack_2000") -> te.PackPurchase:
+    purchase = buyer.pack_purchase(pack)
+    engine.apply(purchase.completed())
+    return purchase
+
+
+def test_partial_refund_claws_back_the_refunded_share_of_the_pack(engine, buyer):
+    purchase = bought(engine, buyer, "pack_2000")  # 2000 credits for 1500 cents
+    engine.apply(purchase.refunded(amount_refunded=300))  # round(2000 * 300 / 1500) = 400
+    assert engine.credits(buyer.user_id) == (500, 1600)
+    (row,) = engine.ledger(buyer.user_id, "refund_clawback")
+    assert (row["plan_delta"], row["addon_delta"], row["shortfall"]) == (0, -400, 0)
+
+
+def test_full_refund_claws_back_the_whole_pack(engine, buyer):
+    purchase = bought(engine, buyer, "pack_2000")
+    engine.apply(purchase.refunded(amount_refunded=purchase.amount))
+    assert engine.credits(buyer.user_id) == (500, 0)
+
+
+def test_refunds_are_cumulative(engine, buyer):
+    purchase = bought(engine, buyer, "pack_2000")
+    engine.apply(purchase.refunded(amount_refunded=300, created=te.at(0, 10)))
+    engine.apply(purchase.refunded(amount_refunded=750, created=te.at(0, 20)))
+    assert engine.credits(buyer.user_id) == (500, 1000)
+
+
+def test_a_refund_event_repeated_under_another_id_does_not_claw_back_twice(engine, buyer):
+    purchase = bought(engine, buyer, "pack_2000")
+    refund = purchase.refunded(amount_refunded=750)
+    engine.apply(refund)
+    engine.apply(te.with_event_id(refund))
+    assert engine.credits(buyer.user_id) == (500, 1000)
+
+
+def test_an_older_refund_event_after_a_newer_one_claws_back_nothing_more(engine, buyer):
+    purchase = bought(engine, buyer, "pack_2000")
+    engine.apply(purchase.refunded(amount_refunded=750, created=te.at(0, 20)))
+    engine.apply(purchase.refunded(amount_refunded=300, created=te.at(0, 10)))
+    assert engine.credits(buyer.user_id) == (500, 1000)
+
+
+def test_refund_share_rounds_half_away_from_zero(engine, buyer):
+    purchase = buyer.pack_purchase("pack_500")
+    engine.apply(purchase.completed(amount_total=1000))
+    engine.apply(purchase.refunded(amount_refunded=1, amount=1000))  # 500 * 1 / 1000 = 0.5
+    assert engine.credits(buyer.user_id) == (500, 499)
+
+
+def test_refund_of_spent_credits_goes_to_zero_and_records_the_shortfall(engine, buyer):
+    purchase = bought(engine, buyer, "pack_500")
+    engine.spend(buyer.user_id, 800)  # plan 500, then 300 of the pack
+    engine.apply(purchase.refunded(amount_refunded=purchase.amount))
+    assert engine.credits(buyer.user_id) == (0, 0)
+    (row,) = engine.ledger(buyer.user_id, "refund_clawback")
+    assert (row["addon_delta"], row["shortfall"]) == (-200, 300)
+
+
+def test_refund_never_touches_plan_credits(engine, buyer):
+    purchase = bought(engine, buyer, "pack_500")
+    engine.spend(buyer.user_id, 1000)
+    engine.apply(buyer.subscription("starter").invoice_paid(period=0))
+    engine.apply(purchase.refunded(amount_refunded=purchase.amount))
+    assert engine.credits(buyer.user_id) == (1000, 0)
+    (row,) = engine.ledger(buyer.user_id, "refund_clawback")
+    assert (row["plan_delta"], row["addon_delta"], row["shortfall"]) == (0, 0, 500)
+
+
+def test_refund_arriving_before_its_purchase_ends_the_same(engine, buyer):
+    purchase = buyer.pack_purchase("pack_2000")
+    engine.apply(purchase.refunded(amount_refunded=300, created=te.at(0, 60)))
+    engine.apply(purchase.completed(created=te.at(0, 1)))
+    assert engine.credits(buyer.user_id) == (500, 1600)
+
+
+def test_dispute_opened_claws_back_the_pack(engine, buyer):
+    purchase = bought(engine, buyer, "pack_2000")
+    engine.apply(purchase.dispute(dispute_id=te.new_id("dp")))
+    assert engine.credits(buyer.user_id) == (500, 0)
+    (row,) = engine.ledger(buyer.user_id, "dispute_clawback")
+    assert (row["addon_delta"], row["shortfall"]) == (-2000, 0)
+
+
+@pytest.mark.parametrize("status", te.OPEN_DISPUTE_STATUSES)
+def test_every_open_dispute_status_claws_back(engine, buyer, status):
+    purchase = bought(engine, buyer, "pack_500")
+    engine.apply(purchase.dispute(dispute_id=te.new_id("dp"), status=status))
+    assert engine.credits(buyer.user_id) == (500, 0)
+
+
+def test_dispute_won_restores_exactly_what_was_clawed_back(engine, buyer):
+    purchase = bought(engine, buyer, "pack_2000")
+    engine.spend(buyer.user_id, 1000)  # plan 500, then 500 of the pack
+    dispute_id = te.new_id("dp")
+    engine.apply(purchase.dispute(dispute_id=dispute_id, created=te.at(0, 10)))
+    assert engine.credits(buyer.user_id) == (0, 0)
+    engine.apply(
+        purchase.dispute(dispute_id=dispute_id, status="won", closed=True, created=te.at(0, 20))
+    )
+    assert engine.credits(buyer.user_id) == (0, 1500)
+    (reinstated,) = engine.ledger(buyer.user_id, "dispute_reinstated")
+    assert reinstated["addon_delta"] == 1500
+
+
+def test_dispute_clawback_records_the_shortfall_of_spent_credits(engine, buyer):
+    purchase = bought(engine, buyer, "pack_2000")
+    engine.spend(buyer.user_id, 1000)
+    engine.apply(purchase.dispute(dispute_id=te.new_id("dp")))
+    (row,) = engine.ledger(buyer.user_id, "dispute_clawback")
+    assert (row["addon_delta"], row["shortfall"]) == (-1500, 500)
+
+
+def test_dispute_lost_keeps_the_clawback(engine, buyer):
+    purchase = bought(engine, buyer, "pack_2000")
+    dispute_id = te.new_id("dp")
+    engine.apply(purchase.dispute(dispute_id=dispute_id, created=te.at(0, 10)))
+    engine.apply(
+        purchase.dispute(dispute_id=dispute_id, status="lost", closed=True, created=te.at(0, 20))
+    )
+    assert engine.credits(buyer.user_id) == (500, 0)
+    assert engine.ledger(buyer.user_id, "dispute_reinstated") == []
+
+
+def test_dispute_after_a_partial_refund_claws_back_only_the_rest(engine, buyer):
+    purchase = bought(engine, buyer, "pack_2000")
+    engine.apply(purchase.refunded(amount_refunded=300, created=te.at(0, 5)))  # 400 credits
+    dispute_id = te.new_id("dp")
+    engine.apply(purchase.dispute(dispute_id=dispute_id, created=te.at(0, 10)))
+    assert engine.credits(buyer.user_id) == (500, 0)
+    engine.apply(
+        purchase.dispute(dispute_id=dispute_id, status="won", closed=True, created=te.at(0, 20))
+    )
+    assert engine.credits(buyer.user_id) == (500, 1600)
+
+
+def test_a_dispute_opened_event_after_it_was_won_changes_nothing(engine, buyer):
+    purchase = bought(engine, buyer, "pack_500")
+    dispute_id = te.new_id("dp")
+    engine.apply(purchase.dispute(dispute_id=dispute_id, created=te.at(0, 10)))
+    engine.apply(
+        purchase.dispute(dispute_id=dispute_id, status="won", closed=True, created=te.at(0, 20))
+    )
+    engine.apply(purchase.dispute(dispute_id=dispute_id, created=te.at(0, 10)))
+    assert engine.credits(buyer.user_id) == (500, 500)
+
+
+def test_dispute_won_arriving_before_opened_ends_with_the_pack_kept(engine, buyer):
+    purchase = bought(engine, buyer, "pack_500")
+    dispute_id = te.new_id("dp")
+    engine.apply(
+        purchase.dispute(dispute_id=dispute_id, status="won", closed=True, created=te.at(0, 20))
+    )
+    engine.apply(purchase.dispute(dispute_id=dispute_id, created=te.at(0, 10)))
+    assert engine.credits(buyer.user_id) == (500, 500)
+
+
+def test_the_same_dispute_opened_twice_claws_back_once(engine, buyer):
+    purchase = bought(engine, buyer, "pack_500")
+    engine.spend(buyer.user_id, 500)
+    engine.apply(buyer.pack_purchase("pack_2000").completed())
+    dispute_id = te.new_id("dp")
+    engine.apply(purchase.dispute(dispute_id=dispute_id, created=te.at(0, 10)))
+    engine.apply(
+        purchase.dispute(dispute_id=dispute_id, status="under_review", created=te.at(0, 11))
+    )
+    assert engine.credits(buyer.user_id) == (0, 2000)
+
+
+def test_refund_on_a_subscription_invoice_is_only_recorded(engine, buyer):
+    sub = buyer.subscription("starter")
+    engine.apply(sub.created(created=te.at(0, 1)))
+    engine.apply(sub.invoice_paid(period=0))
+    engine.spend(buyer.user_id, 100)
+    refund = te.charge_refunded(
+        customer_id=buyer.customer_id,
+        payment_intent_id=te.new_id("pi"),
+        amount=900,
+        amount_refunded=900,
+    )
+    assert engine.apply(refund)["status"] == "applied"
+    assert engine.credits(buyer.user_id) == (900, 0)
+    (row,) = engine.ledger(buyer.user_id, "subscription_refund")
+    assert (row["plan_delta"], row["addon_delta"]) == (0, 0)
+
+
+def test_refund_on_a_subscription_invoice_is_listed_for_the_operator(engine, db, buyer):
+    sub = buyer.subscription("starter")
+    engine.apply(sub.created(created=te.at(0, 1)))
+    engine.apply(sub.invoice_paid(period=0))
+    refund = te.charge_refunded(
+        customer_id=buyer.customer_id, payment_intent_id=te.new_id("pi"), amount=900
+    )
+    engine.apply(refund)
+    reviews = db.execute("select * from tally.operator_reviews").fetchall()
+    assert any(refund["id"] in str(review.values()) for review in reviews), reviews
