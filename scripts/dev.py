@@ -55,6 +55,7 @@ class SidecarSettings:
     database_url: str
     webhook_secrets: list[str]
     port: int = DEFAULT_PORT
+    host: str = "127.0.0.1"  # local only; `stripe listen` forwards to localhost
     stripe_secret_key: str = PLACEHOLDER_STRIPE_KEY
     app_base_url: str = "http://localhost:3000"
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
@@ -64,7 +65,7 @@ class SidecarSettings:
         env = {
             key: value
             for key, value in os.environ.items()
-            if key not in ("SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY")
+            if key not in ("SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "DB_TRANSPORT")
         }
         env.update(
             DATABASE_URL=self.database_url,
@@ -73,6 +74,7 @@ class SidecarSettings:
             APP_BASE_URL=self.app_base_url,
             SUPABASE_JWT_SECRET=self.jwt_secret,
             ENV="development",
+            HOST=self.host,
             PORT=str(self.port),
             PYTHONUNBUFFERED="1",
         )
@@ -202,7 +204,7 @@ def print_instructions(settings: SidecarSettings, generated_secret: bool) -> Non
             f"  stripe listen --forward-to localhost:{settings.port}/webhooks/stripe\n"
             "  stripe trigger invoice.paid    # or drive a subscription with a test clock"
         )
-    print()
+    print(flush=True)
 
 
 def supervise(process: subprocess.Popen[str]) -> int:
@@ -245,7 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     # From here on SIGTERM unwinds like Ctrl-C: the sidecar and the database stop in order.
     signal.signal(signal.SIGTERM, interrupt)
     port = parse_port(os.environ.get("PORT"))
-    serving = False
     webhook_secrets, generated = webhook_secrets_from_env()
     try:
         with database_for_dev(args.migrate) as dsn:
@@ -253,20 +254,20 @@ def main(argv: list[str] | None = None) -> int:
                 database_url=dsn,
                 webhook_secrets=webhook_secrets,
                 port=port,
+                host=os.environ.get("HOST") or "127.0.0.1",
                 stripe_secret_key=os.environ.get("STRIPE_SECRET_KEY", PLACEHOLDER_STRIPE_KEY),
                 app_base_url=os.environ.get("APP_BASE_URL", "http://localhost:3000"),
                 jwt_secret=os.environ.get("SUPABASE_JWT_SECRET") or secrets.token_urlsafe(32),
             )
             with running_sidecar(settings) as process:
                 print_instructions(settings, generated)
-                serving = True
                 return supervise(process)
     except StackError as error:
         print(f"dev: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopped: the sidecar and the local database are down")
-        return 0 if serving else 130
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The README's entry point: `python3 scripts/tally.py demo | test | dev`.
+"""The README's entry point: `python3 scripts/tally.py demo | test | dev | ops`.
 
 Works on a fresh machine with only Python 3.11+: it creates .venv, installs
 the project into it (once, or again when pyproject.toml changes) and runs the
@@ -23,6 +23,7 @@ STAMP = VENV / ".tally-installed"
 COMMANDS = {
     "demo": ["-m", "scripts.demo"],
     "dev": ["-m", "scripts.dev"],
+    "ops": ["-m", "scripts.ops"],
     "test": ["-m", "pytest"],
 }
 

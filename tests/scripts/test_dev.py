@@ -23,16 +23,16 @@ from scripts.stripe_events import StripeWorld, signed_request
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for_ready(port: int, process: subprocess.Popen) -> None:
+def wait_until_up(process: subprocess.Popen, output: IO[str]) -> None:
+    """Until the dev command says the stack is up (its sidecar is ready by then)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        assert process.poll() is None, "the dev command exited before it was ready"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("the dev stack never became ready")
+        assert process.poll() is None, "the dev command exited before it was up"
+        output.seek(0)
+        if "dev stack is up" in output.read():
+            return
+        time.sleep(0.2)
+    raise AssertionError("the dev stack never came up")
 
 
 def post_webhook(port: int, event: dict, secret: str) -> dict:
@@ -82,7 +82,7 @@ def dev_process(database_url):
         ) as process,
     ):
         try:
-            wait_for_ready(port, process)
+            wait_until_up(process, output)
             yield DevProcess(process, port, secret, output)
         finally:
             # SIGTERM, not SIGKILL: the dev command must get to stop its sidecar.

@@ -6,8 +6,11 @@ import json
 import uuid
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from scripts import ops
+from scripts.stripe_events import StripeWorld
+from sidecar.events import normalise, read_envelope
 from tests.conftest import create_user
 
 
@@ -116,3 +119,85 @@ def test_render_table_always_has_a_header_and_a_rule(rows):
     assert lines[0].split() == ["a", "b"]
     assert set(lines[1].replace(" ", "")) == {"-"}
     assert len(lines) == 2 + len(rows)
+
+
+# -- with real events: built by StripeWorld, normalised by the sidecar, applied by the engine --
+
+STARTER_PRICE = "price_starter_monthly_fake"  # supabase/seed.sql
+
+
+def apply_event(db, event: dict) -> str:
+    typed = normalise(read_envelope(event))
+    with db.transaction():
+        db.execute("set local role service_role")
+        row = db.execute("select public.apply_stripe_event(%s) as r", (Jsonb(typed),)).fetchone()
+    return row["r"]["status"]
+
+
+def outcome_of(db, event_id: str) -> str:
+    row = db.execute(
+        "select outcome from tally.stripe_events where event_id = %s", (event_id,)
+    ).fetchone()
+    return row["outcome"]
+
+
+def plan_credits(db, user_id: uuid.UUID) -> int:
+    row = db.execute(
+        "select plan_credits from tally.accounts where user_id = %s", (user_id,)
+    ).fetchone()
+    return row["plan_credits"]
+
+
+def test_events_lists_a_rejected_event_with_its_reason(database_url, db, capsys):
+    world = StripeWorld()
+    user_id = create_user(db)
+    _, events = world.subscribe(world.customer(user_id=str(user_id)), "price_not_in_catalog")
+    invoice = next(e for e in events if e["type"] == "invoice.paid")
+    assert apply_event(db, invoice) == "rejected"
+    assert run_ops(database_url, "events", "--outcome", "rejected", "--json") == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["event_id"] == invoice["id"]
+    assert "price" in listed["reason"]
+
+
+def test_retry_applies_a_rejected_event_once_its_price_is_in_the_catalog(database_url, db):
+    world = StripeWorld()
+    user_id = create_user(db)
+    _, events = world.subscribe(world.customer(user_id=str(user_id)), "price_team_monthly")
+    invoice = next(e for e in events if e["type"] == "invoice.paid")
+    assert apply_event(db, invoice) == "rejected"
+    db.execute(
+        "insert into public.plans (key, name, stripe_price_id, monthly_credits)"
+        " values ('team', 'Team', 'price_team_monthly', 20000)"
+    )
+    assert run_ops(database_url, "retry") == 0
+    assert outcome_of(db, invoice["id"]) == "applied"
+    assert plan_credits(db, user_id) == 20000
+
+
+def test_link_applies_the_parked_events_of_the_customer(database_url, db, capsys):
+    world = StripeWorld()
+    user_id = create_user(db)
+    customer = world.customer()  # no user id anywhere: created outside /billing/checkout
+    _, events = world.subscribe(customer, STARTER_PRICE, via_checkout=False)
+    invoice = next(e for e in events if e["type"] == "invoice.paid")
+    assert apply_event(db, invoice) == "parked"
+    assert run_ops(database_url, "events", "--outcome", "parked", "--json") == 0
+    assert [e["event_id"] for e in json.loads(capsys.readouterr().out)] == [invoice["id"]]
+    assert run_ops(database_url, "link", str(user_id), customer.id) == 0
+    assert outcome_of(db, invoice["id"]) == "applied"
+    assert plan_credits(db, user_id) == 1000
+
+
+def test_reviews_lists_a_refund_of_a_subscription_invoice(database_url, db, capsys):
+    world = StripeWorld()
+    user_id = create_user(db)
+    sub, events = world.subscribe(world.customer(user_id=str(user_id)), STARTER_PRICE)
+    for event in events:
+        apply_event(db, event)
+    [refund] = world.refund(sub)
+    assert apply_event(db, refund) == "applied"
+    assert run_ops(database_url, "reviews", "--json") == 0
+    [review] = json.loads(capsys.readouterr().out)
+    assert review["user_id"] == str(user_id)
+    assert review["stripe_event_id"] == refund["id"]
