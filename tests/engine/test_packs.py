@@ -99,3 +99,10 @@ def test_pack_purchase_stores_the_customer_link(engine, buyer):
 def test_pack_purchase_works_in_both_layouts(engine, user, layout):
     engine.apply(te.Buyer.new(user, layout=layout).pack_purchase("pack_2000").completed())
     assert engine.credits(user) == (500, 2000)
+
+
+def test_pack_ledger_row_names_its_checkout_session(engine, buyer):
+    purchase = buyer.pack_purchase("pack_500")
+    engine.apply(purchase.completed())
+    (row,) = engine.ledger(buyer.user_id, "addon_purchase")
+    assert row["checkout_session_id"] == purchase.session_id

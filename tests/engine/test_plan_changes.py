@@ -130,3 +130,12 @@ def test_a_plan_change_before_any_paid_period_grants_nothing(engine, buyer):
         sub.plan_changed(period=0, plan="pro", previous_plan="starter", created=te.at(0, 60))
     )
     assert engine.credits(buyer.user_id) == (500, 0)
+
+
+def test_a_late_plan_change_for_an_earlier_period_changes_nothing(engine, buyer):
+    sub = subscribed(engine, buyer, "starter")
+    engine.apply(sub.invoice_paid(period=1, created=te.at(1, 5)))
+    engine.spend(buyer.user_id, 100)
+    change_plan(engine, sub, "pro", "starter", 3600)  # within period 0, no longer current
+    assert engine.credits(buyer.user_id) == (900, 0)
+    assert engine.balance(buyer.user_id)["plan_key"] == "starter"

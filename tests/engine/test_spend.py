@@ -187,3 +187,16 @@ def test_a_reversed_spends_key_used_again_returns_the_first_result_and_spends_no
     again = engine.spend(user, 100, key=key)
     assert again["plan_credits"] == 400  # the first result: nothing spent again
     assert engine.credits(user) == (500, 0)
+
+
+def test_reversing_a_spend_after_a_downgrade_never_exceeds_the_new_allowance(engine, user, key):
+    sub = te.Buyer.new(user).subscription("pro")
+    engine.apply(sub.created(created=te.at(0, 1)))
+    engine.apply(sub.invoice_paid(period=0))
+    engine.spend(user, 4500, key=key)
+    engine.apply(
+        sub.plan_changed(period=0, plan="starter", previous_plan="pro", created=te.at(0, 60))
+    )
+    assert engine.credits(user) == (0, 0)
+    engine.reverse(key)
+    assert engine.credits(user) == (1000, 0)

@@ -187,3 +187,13 @@ def test_grant_ledger_row_names_the_stripe_event(engine, buyer):
     engine.apply(paid)
     (grant,) = engine.ledger(buyer.user_id, "subscription_period")
     assert grant["stripe_event_id"] == paid["id"]
+
+
+def test_with_two_subscriptions_the_newest_paid_period_sets_plan_credits(engine, buyer):
+    first = buyer.subscription("pro")
+    second = buyer.subscription("starter")
+    engine.apply(first.invoice_paid(period=0))
+    engine.apply(second.invoice_paid(period=0, period_start=te.at(0, te.DAY)))
+    assert engine.credits(buyer.user_id) == (1000, 0)
+    engine.apply(first.invoice_paid(period=1, created=te.at(1, 5)))
+    assert engine.credits(buyer.user_id) == (5000, 0)

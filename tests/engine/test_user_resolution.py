@@ -172,3 +172,42 @@ def test_retry_leaves_an_event_rejected_while_its_cause_remains(engine, buyer):
     engine.retry_rejected()
     stored = engine.stored_event(event["id"])
     assert (stored["outcome"], stored["raw"]) == ("rejected", event["raw"])
+
+
+def test_a_rejected_event_naming_user_and_customer_still_stores_the_link(engine, buyer):
+    # SPEC 3.5: "Any event that names both a user and a customer ... stores
+    # that link"; a pack session without metadata.price_id is rejected, but
+    # it names a real user and their customer.
+    engine.apply(buyer.pack_purchase("pack_500").completed(metadata_price_id=None))
+    anonymous = buyer.subscription("starter", with_user_metadata=False)
+    assert engine.apply(anonymous.invoice_paid(period=0))["status"] == "applied"
+
+
+def test_refund_naming_a_user_in_charge_metadata_needs_no_customer_link(engine, db, buyer):
+    refund = te.charge_refunded(
+        customer_id=te.new_id("cus"),
+        payment_intent_id=te.new_id("pi"),
+        metadata_user_id=buyer.user_id,
+        amount=900,
+        amount_refunded=900,
+    )
+    assert engine.apply(refund)["status"] == "applied"
+    assert len(engine.ledger(buyer.user_id, "subscription_refund")) == 1
+
+
+def test_subscription_naming_a_user_that_does_not_exist_is_rejected(engine):
+    ghost = te.Buyer.new(uuid.uuid4())
+    event = ghost.subscription("starter").invoice_paid(period=0)
+    assert engine.apply(event)["status"] == "rejected"
+    assert "user" in engine.stored_event(event["id"])["reason"]
+
+
+def test_a_retried_event_keeps_its_first_receipt_time(engine, db, buyer):
+    price = unknown_price()
+    event = buyer.pack_purchase("pack_500").completed(metadata_price_id=price)
+    engine.apply(event)
+    received_at = engine.stored_event(event["id"])["received_at"]
+    add_pack(db, price, 50)
+    engine.retry_rejected()
+    stored = engine.stored_event(event["id"])
+    assert (stored["outcome"], stored["received_at"]) == ("applied", received_at)
