@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import jwt
 import pytest
 
+from sidecar.observability import JsonFormatter
 from sidecar.stripe_api import STRIPE_API_VERSION
 from tests.sidecar.conftest import (
     PACKS,
@@ -251,3 +253,15 @@ async def test_billing_works_over_postgrest(postgrest_sidecar, fake_postgrest, m
     assert (await portal(postgrest_sidecar, user))[0] == 200
     called = {name for name, _ in fake_postgrest.calls}
     assert {"get_billing_profile", "credit_packs", "link_stripe_customer"} <= called
+
+
+async def test_stripe_failures_are_logged_with_stripes_request_id(
+    sidecar, fake_stripe, make_user, caplog
+):
+    fake_stripe.fail_with = 500
+    with caplog.at_level(logging.WARNING, logger="sidecar"):
+        await checkout(sidecar, make_user(), {"pack": "pack_500"})
+    (record,) = [r for r in caplog.records if r.getMessage() == "stripe call failed"]
+    assert record.stripe_request_id == "req_fake_failure"
+    assert record.http_status == 500
+    assert "sk_test_fake" not in JsonFormatter().format(record)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scripts import stripe_events as se
 from sidecar import events
@@ -304,3 +306,64 @@ def test_refuses_a_huge_integer_without_crashing():
     assert refusal(b'{"id": "evt_1", "created": 1' + b"0" * 5000 + b"}") == (
         "body is not valid JSON"
     )
+
+
+# -- properties ----------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+SAMPLES = handled("legacy") + handled("basil")
+
+
+def outcome_of(body: bytes) -> dict | None:
+    """The typed event, or None when refused; any other exception fails the property."""
+    try:
+        envelope = events.read_envelope(events.parse_body(body))
+        return events.normalise(envelope) if envelope.is_handled else None
+    except Unreadable:
+        return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(sample=st.sampled_from(SAMPLES), data=st.data())
+def test_any_field_replaced_gives_a_schema_valid_event_or_a_refusal(sample, data):
+    event = copy.deepcopy(sample)
+    target = event["data"]["object"]
+    path = data.draw(st.sampled_from(sorted(_leaf_paths(target), key=str)))
+    parent = target
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = data.draw(json_values)
+    result = outcome_of(json.dumps(event).encode())
+    if result is not None:
+        validator().validate(result)
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=json_values)
+def test_any_json_body_is_typed_or_refused(value):
+    result = outcome_of(json.dumps(value).encode())
+    if result is not None:
+        validator().validate(result)
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=st.binary(max_size=200))
+def test_any_bytes_are_typed_or_refused(body):
+    assert outcome_of(body) is None or validator().is_valid(outcome_of(body))
+
+
+def _leaf_paths(value, prefix=()):
+    found = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _leaf_paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _leaf_paths(item, (*prefix, index))
+    return found

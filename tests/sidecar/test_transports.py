@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 import psycopg
 import pytest
 
+from sidecar.db import DatabaseError
+from sidecar.db.postgres import PostgresDatabase
+from sidecar.db.postgrest import PostgrestDatabase
 from tests.sidecar.conftest import (
     ANON_KEY,
     JWT_SECRET,
@@ -228,3 +232,59 @@ async def test_database_stopped_mid_test_gives_503_then_exactly_one_grant(
             (user,),
         ).fetchone()[0]
     assert grants == 1
+
+
+# -- the transports alone ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["postgres", "postgrest"])
+async def transport(request, database_url, aiohttp_server, fake_postgrest):
+    if request.param == "postgres":
+        database = await PostgresDatabase.open(database_url, timeout=3, role="service_role")
+    else:
+        server = await aiohttp_server(fake_postgrest.app())
+        url = str(server.make_url("")).rstrip("/")
+        database = PostgrestDatabase.open(url, SERVICE_ROLE_KEY, timeout=3)
+    yield database
+    await database.close()
+
+
+async def test_an_invalid_typed_event_is_refused_with_22023(transport, db):
+    with pytest.raises(DatabaseError) as refused:
+        await transport.apply_stripe_event({"schema_version": 1, "id": "evt_1"})
+    assert refused.value.sqlstate == "22023"
+    assert stored_events(db) == 0
+
+
+async def test_linking_an_unknown_user_is_refused_with_its_sqlstate(transport):
+    with pytest.raises(DatabaseError) as refused:
+        await transport.link_stripe_customer(str(uuid.uuid4()), "cus_123")
+    assert refused.value.sqlstate == "P0002"
+
+
+async def test_billing_profile_and_catalog_read_the_same_on_both(transport, make_user):
+    user = make_user()
+    assert await transport.get_billing_profile(str(user)) == {
+        "user_exists": True,
+        "customer_id": None,
+        "has_active_subscription": False,
+    }
+    assert await transport.catalog_price("plan", "starter") == (STARTER_PRICE, True)
+    assert await transport.catalog_price("pack", "nope") is None
+
+
+async def test_direct_transport_acting_as_service_role_keeps_grants(database_url, make_user):
+    # DATABASE_ROLE=service_role: the grants of SPEC 4 apply, as through PostgREST.
+    database = await PostgresDatabase.open(database_url, timeout=3, role="authenticated")
+    try:
+        with pytest.raises(DatabaseError) as refused:
+            await database.get_billing_profile(str(make_user()))
+        assert refused.value.sqlstate == "42501"
+    finally:
+        await database.close()
+
+
+async def test_unhandled_types_need_no_database(make_sidecar, unused_tcp_port):
+    client = await make_sidecar(database_url=f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/x")
+    status, answer = await deliver(client, world().unhandled("invoice.created"))
+    assert (status, answer["status"]) == (200, "ignored")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 
@@ -136,6 +137,15 @@ async def test_redelivery_is_a_duplicate_and_grants_once(sidecar, db, make_user)
     w = world()
     _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
     assert await deliver_all(sidecar, out + out) == ["applied", "duplicate"]
+    assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS)
+
+
+async def test_concurrent_deliveries_of_one_event_apply_it_once(sidecar, db, make_user):
+    user = make_user()
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    answers = await asyncio.gather(*(deliver(sidecar, out[-1]) for _ in range(8)))
+    assert sorted(answer["status"] for _, answer in answers) == ["applied"] + ["duplicate"] * 7
     assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS)
 
 
@@ -277,14 +287,18 @@ async def test_dispute_claws_back_then_won_restores(sidecar, db, make_user, layo
     assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS)
 
 
-async def test_refund_of_a_subscription_invoice_moves_no_credits(sidecar, db, make_user, layout):
+async def test_refund_and_dispute_of_a_subscription_invoice_are_listed_for_the_operator(
+    sidecar, db, make_user, layout
+):
     user = make_user()
     w = world(layout)
     sub, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
     await deliver_all(sidecar, out)
-    outcomes = await deliver_all(sidecar, w.refund(sub))
-    assert outcomes in (["applied"], ["parked"], ["rejected"])
+    _, opened = w.open_dispute(sub)
+    assert await deliver_all(sidecar, w.refund(sub, 500) + opened) == ["applied", "applied"]
     assert credits(db, user) == (STARTER_CREDITS, 0)
+    reviews = db.execute("select kind from tally.operator_reviews order by id").fetchall()
+    assert [r["kind"] for r in reviews] == ["subscription_refund", "subscription_dispute"]
 
 
 async def test_cancellation_keeps_credits_and_ends_the_subscription(sidecar, db, make_user, layout):
