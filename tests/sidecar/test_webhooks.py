@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 import time
 
 import pytest
@@ -325,3 +326,33 @@ def balance_status(db, user) -> str | None:
         "select subscription_status from public.credit_balances where user_id = %s", (user,)
     ).fetchone()
     return row["subscription_status"]
+
+
+def life(user, layout: se.Layout, seed: int) -> list[dict]:
+    """A customer's life in events: subscribe, renew, upgrade, pack, refund, dispute, cancel."""
+    w = world(layout)
+    w.ids = se.Ids(seed)
+    customer = w.customer(user_id=str(user))
+    sub, out = w.subscribe(customer, STARTER_PRICE)
+    out += w.renew(sub) + w.change_plan(sub, PRO_PRICE, invoice_now=True)
+    pack, more = w.buy_pack(customer, PACK_PRICE)
+    dispute, opened = w.open_dispute(pack)
+    out += more + w.refund(pack, 300) + opened + w.close_dispute(dispute, won=True)
+    return out + w.cancel(sub) + w.end_of_period(sub)
+
+
+async def test_any_delivery_order_with_duplicates_ends_in_the_same_balance(
+    sidecar, db, make_user, layout
+):
+    in_order = make_user()
+    await deliver_all(sidecar, life(in_order, layout, seed=0))
+    expected = credits(db, in_order)
+    assert expected == (PRO_CREDITS, PACK_CREDITS - round(PACK_CREDITS * 300 / 900))
+    rng = random.Random(7)
+    for seed in (1, 2, 3):
+        user = make_user()
+        events = life(user, layout, seed)
+        shuffled = events + rng.sample(events, 4)
+        rng.shuffle(shuffled)
+        await deliver_all(sidecar, shuffled)
+        assert credits(db, user) == expected, seed
