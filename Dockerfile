@@ -11,7 +11,8 @@ COPY sidecar ./sidecar
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tally
+RUN groupadd --system --gid 10001 tally \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin tally
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -19,10 +20,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     ENV=production \
     PORT=8080
 WORKDIR /app
-USER tally
+USER 10001:10001
 EXPOSE 8080
 # /healthz: the process is up (Fly's checks also probe /readyz, the database).
-HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8080') + '/healthz', timeout=2)"]
 # The sidecar finishes in-flight webhooks on SIGTERM, then exits.
 STOPSIGNAL SIGTERM

@@ -56,6 +56,8 @@ class SidecarSettings:
     webhook_secrets: list[str]
     port: int = DEFAULT_PORT
     host: str = "127.0.0.1"  # local only; `stripe listen` forwards to localhost
+    # Act as service_role, as calls through PostgREST do: only its grants apply.
+    database_role: str = "service_role"
     stripe_secret_key: str = PLACEHOLDER_STRIPE_KEY
     app_base_url: str = "http://localhost:3000"
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
@@ -69,6 +71,7 @@ class SidecarSettings:
         }
         env.update(
             DATABASE_URL=self.database_url,
+            DATABASE_ROLE=self.database_role,
             STRIPE_WEBHOOK_SECRETS=",".join(self.webhook_secrets),
             STRIPE_SECRET_KEY=self.stripe_secret_key,
             APP_BASE_URL=self.app_base_url,
@@ -255,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 webhook_secrets=webhook_secrets,
                 port=port,
                 host=os.environ.get("HOST") or "127.0.0.1",
+                database_role=os.environ.get("DATABASE_ROLE") or "service_role",
                 stripe_secret_key=os.environ.get("STRIPE_SECRET_KEY", PLACEHOLDER_STRIPE_KEY),
                 app_base_url=os.environ.get("APP_BASE_URL", "http://localhost:3000"),
                 jwt_secret=os.environ.get("SUPABASE_JWT_SECRET") or secrets.token_urlsafe(32),
