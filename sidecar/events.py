@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Literal
 
 JSON = dict[str, Any]
@@ -37,6 +38,10 @@ FIRST_BASIL_DATE = "2025-03-31"
 _API_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # Postgres jsonb refuses NUL characters and lone surrogates in strings.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 CHECKOUT_TYPES = (
     "checkout.session.completed",
@@ -116,23 +121,32 @@ def parse_body(body: bytes) -> Any:
         raise Unreadable("body is nested too deeply") from None
     except ValueError:  # JSONDecodeError, and integers too long to convert
         raise Unreadable("body is not valid JSON") from None
-    _check_tree(doc)
+    if _nesting_depth(text) > MAX_DEPTH:
+        raise Unreadable(f"body is nested deeper than {MAX_DEPTH} levels")
+    # Valid UTF-8 has no surrogates and strict JSON no raw control characters, so
+    # NUL or a lone surrogate can only come from a \u escape: look closer only then.
+    if _SUSPECT_ESCAPE.search(text):
+        _check_strings(doc)
     return doc
 
 
-def _check_tree(doc: Any) -> None:
-    """Depth and string checks without recursion (the input decides the depth)."""
-    stack: list[tuple[Any, int]] = [(doc, 1)]
+def _nesting_depth(text: str) -> int:
+    """Deepest bracket nesting of valid JSON text, strings left out (the loops run in C)."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def _check_strings(doc: Any) -> None:
+    """Every key and string storable by Postgres; iterative (the input decides the depth)."""
+    stack: list[Any] = [doc]
     while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise Unreadable(f"body is nested deeper than {MAX_DEPTH} levels")
+        value = stack.pop()
         if isinstance(value, dict):
             for key, item in value.items():
                 _check_string(key)
-                stack.append((item, depth + 1))
+                stack.append(item)
         elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
+            stack.extend(value)
         elif isinstance(value, str):
             _check_string(value)
 

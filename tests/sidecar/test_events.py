@@ -237,6 +237,18 @@ def test_refuses_unpaired_surrogates():
     assert "surrogate" in refusal(b'{"id": "evt_\\ud800"}')
 
 
+def test_accepts_an_escaped_surrogate_pair():
+    assert events.parse_body(b'{"name": "\\ud83d\\ude00"}') == {"name": "\U0001f600"}
+
+
+def test_accepts_a_literal_backslash_u0000_text():
+    assert events.parse_body(b'{"note": "\\\\u0000"}') == {"note": "\\u0000"}
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    assert events.parse_body(b'{"note": "' + b"[" * 500 + b'"}') == {"note": "[" * 500}
+
+
 def test_refuses_a_body_that_is_not_an_object():
     assert refusal(b"[1, 2]") == "body must be an object"
 
