@@ -35,12 +35,7 @@ class DatabaseError(Exception):
 
 
 def is_retryable(sqlstate: str | None) -> bool:
-    return bool(sqlstate) and sqlstate.startswith(RETRYABLE_SQLSTATE_CLASSES)  # type: ignore[union-attr]
-
-
-class CatalogEntry(Protocol):
-    price_id: str
-    active: bool
+    return sqlstate is not None and sqlstate.startswith(RETRYABLE_SQLSTATE_CLASSES)
 
 
 class Database(Protocol):
