@@ -8,7 +8,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar import billing, webhooks
+from sidecar import billing, cors, webhooks
 from sidecar.auth import JwksCache, TokenVerifier
 from sidecar.config import Config
 from sidecar.context import CONFIG, DATABASE, HTTP, METRICS, STRIPE, TOKENS
@@ -24,7 +24,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        client_max_size=webhooks.MAX_BODY_BYTES, middlewares=[count_responses, no_500_leaks]
+        client_max_size=webhooks.MAX_BODY_BYTES,
+        middlewares=[count_responses, cors.cors_headers, no_500_leaks],
     )
     app[CONFIG] = config
     app[METRICS] = Metrics()
@@ -32,6 +33,8 @@ def create_app(config: Config) -> web.Application:
     app.router.add_post("/webhooks/stripe", webhooks.stripe_webhook)
     app.router.add_post("/billing/checkout", billing.checkout)
     app.router.add_post("/billing/portal", billing.portal)
+    app.router.add_route("OPTIONS", "/billing/checkout", cors.preflight)
+    app.router.add_route("OPTIONS", "/billing/portal", cors.preflight)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

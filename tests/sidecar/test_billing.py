@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -265,3 +266,51 @@ async def test_stripe_failures_are_logged_with_stripes_request_id(
     assert record.stripe_request_id == "req_fake_failure"
     assert record.http_status == 500
     assert "sk_test_fake" not in JsonFormatter().format(record)
+
+
+# -- browsers ------------------------------------------------------------------------------
+
+
+async def test_preflight_from_the_app_origin_is_granted(sidecar):
+    response = await sidecar.options(
+        "/billing/checkout",
+        headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"},
+    )
+    assert response.status == 204
+    assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+
+
+async def test_preflight_from_another_origin_is_refused(sidecar):
+    response = await sidecar.options(
+        "/billing/portal", headers={"Origin": "https://evil.example.net"}
+    )
+    assert response.status == 403
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_answers_to_the_app_origin_carry_the_cors_grant(sidecar, make_user):
+    headers = {
+        "Authorization": f"Bearer {user_token(make_user())}",
+        "Origin": "https://app.example.com",
+    }
+    response = await sidecar.post("/billing/portal", headers=headers)
+    assert response.status == 404
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+
+
+async def test_webhooks_carry_no_cors_grant(sidecar):
+    response = await sidecar.post(
+        "/webhooks/stripe", data=b"{}", headers={"Origin": "https://app.example.com"}
+    )
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_concurrent_first_checkouts_share_one_customer(sidecar, fake_stripe, db, make_user):
+    user = make_user()
+    answers = await asyncio.gather(
+        *(checkout(sidecar, user, {"pack": "pack_500"}) for _ in range(3))
+    )
+    assert [status for status, _ in answers] == [200, 200, 200]
+    customers = {s.form["customer"] for s in fake_stripe.of_path("/v1/checkout/sessions")}
+    profile = db.execute("select public.get_billing_profile(%s) as p", (user,)).fetchone()["p"]
+    assert customers == {profile["customer_id"]}
