@@ -195,8 +195,32 @@ class _World:
             for user, session in self.pack_sessions.values()
             if session.get("payment_intent_id")
         }
+        self.refunds: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        self.disputes: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        self.by_subscription: dict[str, list[TypedEvent]] = defaultdict(list)
+        for event in events:
+            self._index(event)
         self.mirrors = self._subscription_mirrors()
+        self.owners = self._subscription_owners()
         self.periods = self._granted_periods()
+        self.periods_of: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for key, owner in self.periods.items():
+            self.periods_of[owner].append(key)
+        self.packs_of: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for owner, session in self.pack_sessions.values():
+            self.packs_of[owner].append(session)
+
+    def _index(self, event: TypedEvent) -> None:
+        kind = event["type"]
+        if kind == "charge.refunded" and event["charge"].get("payment_intent_id"):
+            self.refunds[event["charge"]["payment_intent_id"]].append(event["charge"])
+        elif kind in DISPUTE_TYPES and event["dispute"].get("payment_intent_id"):
+            dispute = event["dispute"]
+            self.disputes[dispute["payment_intent_id"]][dispute["id"]].append(dispute["status"])
+        elif kind in SUBSCRIPTION_TYPES:
+            self.by_subscription[event["subscription"]["id"]].append(event)
+        elif kind in INVOICE_TYPES and event["invoice"].get("subscription_id"):
+            self.by_subscription[event["invoice"]["subscription_id"]].append(event)
 
     # -- who an event belongs to ---------------------------------------------------------------
 
@@ -213,9 +237,9 @@ class _World:
     def _customer_links(self) -> dict[str, str]:
         # Latest Stripe `created` wins if two events link one customer to different users.
         links: dict[str, tuple[int, str, str]] = {}
+        # Any event naming an existing user and a customer links them, even one
+        # rejected for another reason (an unknown price).
         for event in self.events:
-            if event["type"] not in CHECKOUT_TYPES | SUBSCRIPTION_TYPES:
-                continue
             user = self._hinted_user(event)
             customer = _object(event).get("customer_id")
             if not user or not customer:
@@ -256,11 +280,7 @@ class _World:
         return sessions
 
     def _addon_credits(self, user: str) -> int:
-        total = 0
-        for owner, session in self.pack_sessions.values():
-            if owner == user:
-                total += self._pack_net(session)
-        return total
+        return sum(self._pack_net(session) for session in self.packs_of.get(user, ()))
 
     def _pack_net(self, session: Mapping[str, Any]) -> int:
         credits = self.catalog.packs[session["metadata_price_id"]]
@@ -272,12 +292,7 @@ class _World:
         return credits - self._refund_target(intent, credits)
 
     def _refund_target(self, payment_intent_id: str, credits: int) -> int:
-        charges = [
-            e["charge"]
-            for e in self.events
-            if e["type"] == "charge.refunded"
-            and e["charge"].get("payment_intent_id") == payment_intent_id
-        ]
+        charges = self.refunds.get(payment_intent_id)
         if not charges:
             return 0
         refunded = max(c["amount_refunded"] for c in charges)
@@ -286,13 +301,7 @@ class _World:
 
     def _dispute_holds_clawback(self, payment_intent_id: str) -> bool:
         """An open or lost dispute keeps the pack clawed back; a won one gives it back."""
-        statuses: dict[str, list[str]] = defaultdict(list)
-        for event in self.events:
-            if event["type"] in DISPUTE_TYPES:
-                dispute = event["dispute"]
-                if dispute.get("payment_intent_id") == payment_intent_id:
-                    statuses[dispute["id"]].append(dispute["status"])
-        for seen in statuses.values():
+        for seen in self.disputes.get(payment_intent_id, {}).values():
             closed = [s for s in seen if s in CLOSED_DISPUTE]
             if closed:
                 if not any(s in RESTORING_DISPUTE for s in closed):
@@ -303,25 +312,28 @@ class _World:
 
     # -- subscriptions -----------------------------------------------------------------------
 
-    def _subscription_events(self) -> list[TypedEvent]:
-        return [
-            e
-            for e in self.events
-            if e["type"] in SUBSCRIPTION_TYPES and self._hinted_user(e) is not False
-        ]
-
     def _subscription_mirrors(self) -> dict[str, _SubscriptionMirror]:
-        by_subscription: dict[str, list[TypedEvent]] = defaultdict(list)
-        for event in self._subscription_events():
-            by_subscription[event["subscription"]["id"]].append(event)
-        for event in self.events:
-            sub_id = event.get("invoice", {}).get("subscription_id")
-            if event["type"] in INVOICE_TYPES and sub_id and self.user_of(event) is not None:
-                by_subscription[event["invoice"]["subscription_id"]].append(event)
-        return {
-            sub_id: _fold_subscription(sub_id, sub_events)
-            for sub_id, sub_events in by_subscription.items()
-        }
+        mirrors = {}
+        for sub_id, events in self.by_subscription.items():
+            counted = [e for e in events if self._counts_for_state(e)]
+            if counted:
+                mirrors[sub_id] = _fold_subscription(sub_id, counted)
+        return mirrors
+
+    def _counts_for_state(self, event: TypedEvent) -> bool:
+        if event["type"] in SUBSCRIPTION_TYPES:
+            return self._hinted_user(event) is not False
+        return self.user_of(event) is not None
+
+    def _subscription_owners(self) -> dict[str, str]:
+        owners = {}
+        for sub_id, events in self.by_subscription.items():
+            for event in events:
+                user = self.user_of(event)
+                if user:
+                    owners[sub_id] = user
+                    break
+        return owners
 
     def _granted_periods(self) -> dict[tuple[str, int], str]:
         """(subscription id, period start) -> user, for every period that must be granted."""
@@ -344,20 +356,15 @@ class _World:
     def _period_price(self, subscription_id: str, period_start: int) -> str:
         """The newest known state for that period names its plan."""
         candidates: list[tuple[int, int, str, str]] = []
-        for event in self.events:
+        for event in self.by_subscription[subscription_id]:
             if event["type"] == "invoice.paid":
                 invoice = event["invoice"]
-                if (
-                    _pays_period(invoice)
-                    and invoice["subscription_id"] == subscription_id
-                    and invoice["period_start"] == period_start
-                ):
+                if _pays_period(invoice) and invoice["period_start"] == period_start:
                     candidates.append((event["created"], 0, event["id"], invoice["price_id"]))
             elif event["type"] in SUBSCRIPTION_TYPES:
                 sub = event["subscription"]
                 if (
-                    sub["id"] == subscription_id
-                    and sub.get("current_period_start") == period_start
+                    sub.get("current_period_start") == period_start
                     and sub.get("price_id") in self.catalog.plans
                 ):
                     candidates.append((event["created"], 1, event["id"], sub["price_id"]))
@@ -367,7 +374,7 @@ class _World:
         owned = [
             mirror
             for sub_id, mirror in self.mirrors.items()
-            if self._subscription_owner(sub_id) == user and mirror.status is not None
+            if self.owners.get(sub_id) == user and mirror.status is not None
         ]
         if not owned:
             return None
@@ -381,28 +388,10 @@ class _World:
             ),
         )
 
-    def _subscription_owner(self, subscription_id: str) -> str | None:
-        for event in self.events:
-            if (
-                event["type"] in SUBSCRIPTION_TYPES
-                and event["subscription"]["id"] == subscription_id
-            ):
-                user = self.user_of(event)
-                if user:
-                    return user
-            if (
-                event["type"] in INVOICE_TYPES
-                and event["invoice"].get("subscription_id") == subscription_id
-            ):
-                user = self.user_of(event)
-                if user:
-                    return user
-        return None
-
     # -- the answer --------------------------------------------------------------------------
 
     def state_of(self, user: str) -> UserState:
-        mine = [key for key, owner in self.periods.items() if owner == user]
+        mine = self.periods_of.get(user, [])
         mirror = self._relevant_mirror(user)
         status = mirror.status if mirror else None
         if not mine:
@@ -450,6 +439,10 @@ def _fold_subscription(subscription_id: str, events: list[TypedEvent]) -> _Subsc
             mirror.created = sub.get("created")
             mirror.current_period_start = sub.get("current_period_start")
         else:
+            if mirror.status is None:
+                # An invoice of an unknown subscription creates the mirror with its
+                # period; subscription events overwrite that whatever their age.
+                mirror.current_period_start = event["invoice"].get("period_start")
             mirror.status = _status_after_invoice(mirror.status, event)
     return mirror
 
@@ -466,7 +459,12 @@ def _status_after_invoice(status: str | None, event: TypedEvent) -> str | None:
     if event["type"] == "invoice.paid" and event["invoice"].get("status") == "paid":
         return "active" if status in {None, "incomplete", "past_due", "unpaid"} else status
     if event["type"] == "invoice.payment_failed":
-        return "past_due" if status in {None, "active", "trialing"} else status
+        if status is None:
+            # Only the invoice is known: a failed first invoice leaves the
+            # subscription incomplete, a failed renewal makes it past due.
+            first = event["invoice"].get("billing_reason") == "subscription_create"
+            return "incomplete" if first else "past_due"
+        return "past_due" if status in {"active", "trialing"} else status
     return status
 
 

@@ -193,6 +193,15 @@ def test_a_failed_invoice_grants_nothing_and_marks_the_subscription_past_due():
     assert state(events) == UserState(500, 0, "past_due")
 
 
+@pytest.mark.parametrize(
+    ("billing_reason", "status"),
+    [("subscription_create", "incomplete"), ("subscription_cycle", "past_due")],
+)
+def test_a_failed_invoice_of_an_unknown_subscription_says_how_far_it_got(billing_reason, status):
+    events = [invoice("invoice.payment_failed", T0, billing_reason=billing_reason)]
+    assert state(events).subscription_status == status
+
+
 def test_an_invoice_with_only_proration_lines_pays_no_period():
     events = [invoice("invoice.paid", T0, price=None, period_start=None)]
     assert state(events).plan_credits == 500
@@ -309,6 +318,21 @@ def test_the_customer_link_resolves_events_that_name_no_user():
         invoice("invoice.paid", T0 + 5, subscription_metadata_user_id=None),
     ]
     assert state(events) == UserState(1000, 100, "active", "price_basic")
+
+
+def test_a_rejected_event_still_links_the_customer_it_names():
+    events = [
+        invoice("invoice.paid", T0, price="price_nobody_sells"),
+        refund(T0 + 5, 500, payment_intent_id="pi_of_the_invoice"),
+        pack_session(
+            "checkout.session.completed",
+            T0 + 9,
+            client_reference_id=None,
+            metadata_user_id=None,
+            payment_intent_id="pi_2",
+        ),
+    ]
+    assert state(events) == UserState(500, 100, "active")
 
 
 def test_the_refund_share_rounds_half_away_from_zero():

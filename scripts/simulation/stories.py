@@ -1,0 +1,245 @@
+"""Coherent customer stories: the Stripe events many customers' lives produce.
+
+Each customer lives through a seeded, random but coherent life on its own
+`scripts.stripe_events.StripeWorld`: subscribe (paid, or incomplete then
+paid), renew, fail a renewal and recover (or not, then cancel), upgrade and
+downgrade (sometimes twice in one second), buy packs (sometimes paying
+asynchronously, sometimes failing), get partial and full refunds, disputes
+opened, won and lost, refunds of subscription invoices, cancel at period end
+or at once, and subscribe again. The layout switches now and then, as when
+an endpoint's API version is upgraded, and Stripe's habit of announcing one
+change under two event ids is copied (`twin`).
+
+The events are complete raw Stripe events; the sidecar's normaliser turns
+them into typed events for the model and for SQL-level tests.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scripts.stripe_events import DAY, Purchase, StripeWorld, Subscription
+
+EPOCH = 1_780_000_000  # 2026-05-28; every story starts within 60 days of it
+TWIN_RATE = 0.03
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Catalog prices the stories use, and what a customer pays for each (cents)."""
+
+    plans: Mapping[str, int]
+    packs: Mapping[str, int]
+
+    @property
+    def amounts(self) -> dict[str, int]:
+        return {**self.plans, **self.packs}
+
+
+@dataclass
+class Story:
+    """One customer's events, in the order Stripe created them."""
+
+    user_id: str
+    customer_id: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    twins: int = 0
+
+
+class CustomerLife:
+    """Plays one customer's life on a StripeWorld, choosing coherent next steps."""
+
+    def __init__(self, rng: random.Random, prices: Prices, user_id: str, seed: str) -> None:
+        """`rng` decides the customer's life; `seed` only the Stripe ids it gets."""
+        self.rng = rng
+        self.prices = prices
+        self.world = StripeWorld(
+            layout=rng.choice(["legacy", "basil"]),
+            prices=prices.amounts,
+            start=EPOCH + rng.randrange(0, 60 * DAY),
+            seed=seed,
+        )
+        self.customer = self.world.customer(user_id=user_id)
+        self.story = Story(user_id, self.customer.id)
+        self.sub: Subscription | None = None
+        self.unpaid_invoice = False  # the subscription has an open invoice to retry
+        self.packs: list[Purchase] = []
+
+    def record(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            self.story.events.append(event)
+            if self.rng.random() < TWIN_RATE:
+                self.story.events.append(self.world.twin(event))
+                self.story.twins += 1
+
+    def actions(self) -> dict[str, float]:
+        """The steps that make sense now, with how often a customer takes each."""
+        if self.sub is None:
+            return {"subscribe": 6, "buy_pack": 4}
+        if self.unpaid_invoice:
+            return {"retry": 3, "cancel_now": 1}
+        return {
+            "renew": 5,
+            "fail_renewal": 1,
+            "change_plan": 2,
+            "buy_pack": 2,
+            "cancel": 1,
+            "refund_subscription": 0.3,
+            "after_pack": 1.5,
+            "switch_layout": 0.5,
+        }
+
+    def perform(self, action: str) -> list[dict[str, Any]]:
+        """Take one step (one of `actions()`); return the events it made Stripe send."""
+        before = len(self.story.events)
+        getattr(self, action)()
+        return self.story.events[before:]
+
+    def step(self) -> list[dict[str, Any]]:
+        """Take a random sensible step."""
+        actions = self.actions()
+        return self.perform(self.rng.choices(list(actions), list(actions.values()))[0])
+
+    def switch_layout(self) -> None:
+        """The endpoint's API version changed: later events come in the other layout."""
+        self.world.layout = "basil" if self.world.layout == "legacy" else "legacy"
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        self.world.clock.advance(self.rng.randrange(60, 3 * DAY))
+        paid = self.rng.random() < 0.85
+        price = self.rng.choice(sorted(self.prices.plans))
+        self.sub, events = self.world.subscribe(self.customer, price, paid=paid)
+        self.unpaid_invoice = not paid
+        self.record(events)
+
+    def retry(self) -> None:
+        assert self.sub is not None
+        self.record(self.world.retry_payment(self.sub))
+        self.unpaid_invoice = False
+
+    def renew(self) -> None:
+        assert self.sub is not None
+        if self.sub.cancel_at_period_end:
+            self.record(self.world.end_of_period(self.sub))
+            self.sub = None
+            return
+        self.record(self.world.renew(self.sub))
+
+    def fail_renewal(self) -> None:
+        assert self.sub is not None
+        if self.sub.cancel_at_period_end:
+            self.renew()
+            return
+        self.record(self.world.fail_renewal(self.sub))
+        self.unpaid_invoice = True
+
+    def change_plan(self) -> None:
+        assert self.sub is not None
+        for _ in range(self.rng.choice([1, 1, 1, 2])):
+            others = [p for p in sorted(self.prices.plans) if p != self.sub.price_id]
+            # A change happens within the period (the clock never moves back).
+            later = self.world.clock.now + self.rng.randrange(0, 5 * DAY)
+            self.world.clock.now = max(
+                self.world.clock.now, min(later, self.sub.current_period_end - 10)
+            )
+            events = self.world.change_plan(
+                self.sub,
+                self.rng.choice(others),
+                invoice_now=self.rng.random() < 0.4,
+                same_second=self.rng.random() < 0.3,
+            )
+            self.record(events)
+
+    def cancel(self) -> None:
+        assert self.sub is not None
+        if self.sub.cancel_at_period_end:
+            self.renew()
+            return
+        at_period_end = self.rng.random() < 0.5
+        self.record(self.world.cancel(self.sub, at_period_end=at_period_end))
+        if not at_period_end:
+            self.sub = None
+
+    def cancel_now(self) -> None:
+        assert self.sub is not None
+        self.record(self.world.cancel(self.sub, at_period_end=False))
+        self.sub = None
+        self.unpaid_invoice = False
+
+    def refund_subscription(self) -> None:
+        """A refund on a subscription invoice: recorded, no credits move."""
+        assert self.sub is not None
+        if self.sub.payments:
+            payment = self.sub.payments[-1]
+            if payment.amount_refunded < payment.amount:
+                self.record(self.world.refund(payment, self.rng.randrange(1, payment.amount + 1)))
+
+    # -- packs ------------------------------------------------------------------------------
+
+    def buy_pack(self) -> None:
+        self.world.clock.advance(self.rng.randrange(60, 2 * DAY))
+        asynchronous = self.rng.random() < 0.25
+        price = self.rng.choice(sorted(self.prices.packs))
+        purchase, events = self.world.buy_pack(self.customer, price, asynchronous=asynchronous)
+        self.record(events)
+        if asynchronous:
+            succeeded = self.rng.random() < 0.75
+            self.record(self.world.settle(purchase, succeeded=succeeded))
+            if not succeeded:
+                return
+        self.packs.append(purchase)
+        if self.rng.random() < 0.4:
+            self.after_pack()
+
+    def after_pack(self) -> None:
+        """A refund (partial or the rest) or a dispute on a paid pack not yet disputed."""
+        candidates = [
+            p for p in self.packs if not p.payment.disputed and p.payment.amount_refunded < p.amount
+        ]
+        if not candidates:
+            return
+        purchase = self.rng.choice(candidates)
+        payment = purchase.payment
+        if self.rng.random() < 0.6:
+            left = payment.amount - payment.amount_refunded
+            amount = left if self.rng.random() < 0.3 else self.rng.randrange(1, left + 1)
+            self.record(self.world.refund(purchase, amount))
+            return
+        dispute, events = self.world.open_dispute(purchase)
+        self.record(events)
+        if self.rng.random() < 0.8:
+            self.record(self.world.close_dispute(dispute, won=self.rng.random() < 0.5))
+
+
+def write_story(rng: random.Random, prices: Prices, user_id: str, seed: str) -> Story:
+    """One customer's coherent life, 1 to 10 steps long."""
+    life = CustomerLife(rng, prices, user_id, seed)
+    for _ in range(rng.randrange(1, 11)):
+        life.step()
+    return life.story
+
+
+def write_stories(seed: int, prices: Prices, user_ids: list[str]) -> list[Story]:
+    """Stories for the given users, reproducible from the seed."""
+    rng = random.Random(seed)
+    return [
+        write_story(rng, prices, user_id, f"{seed}-{index}")
+        for index, user_id in enumerate(user_ids)
+    ]
+
+
+def new_user_ids(seed: int, count: int) -> list[str]:
+    """User ids (as auth.users would hold them), reproducible from the seed."""
+    rng = random.Random(f"users-{seed}")
+    return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
+
+
+def all_events(stories: list[Story]) -> Iterator[dict[str, Any]]:
+    for story in stories:
+        yield from story.events
