@@ -28,7 +28,9 @@ class Story:
     """Which parts of a customer's month happen."""
 
     renews: bool
+    renewal_fails_first: bool  # invoice.payment_failed, then paid three days later
     upgrades: bool
+    cancels: bool  # customer.subscription.deleted at the end of the last period
     buys_small_pack: bool
     buys_large_pack: bool
     refunds: tuple[int, ...]  # cumulative amount_refunded of the large pack, in cents
@@ -38,7 +40,9 @@ class Story:
 stories = st.builds(
     Story,
     renews=st.booleans(),
+    renewal_fails_first=st.booleans(),
     upgrades=st.booleans(),
+    cancels=st.booleans(),
     buys_small_pack=st.booleans(),
     buys_large_pack=st.booleans(),
     refunds=st.lists(st.integers(1, te.PACK_AMOUNTS["pack_2000"]), max_size=2).map(
@@ -57,17 +61,27 @@ def events_of(story: Story, buyer: te.Buyer) -> list[dict[str, Any]]:
         sub.invoice_paid(period=0, created=te.at(0, 5)),
     ]
     if story.renews:
+        paid_at = te.at(1, 3 * te.DAY) if story.renewal_fails_first else te.at(1, 5)
+        if story.renewal_fails_first:
+            events.append(sub.invoice_failed(period=1, created=te.at(1, 5)))
         events += [
-            sub.invoice_paid(period=1, created=te.at(1, 5)),
+            sub.invoice_paid(period=1, created=paid_at),
             sub.updated(period=1, previous={"current_period_start": te.at(0)}, created=te.at(1, 6)),
         ]
     if story.upgrades:
+        # After the period's invoice is paid (an upgrade while a renewal is
+        # still unpaid is a separate case: see test_contract_gaps).
         period = 1 if story.renews else 0
+        upgraded_at = te.at(period, 4 * te.DAY)
         events.append(
             sub.plan_changed(
-                period=period, plan="pro", previous_plan="starter", created=te.at(period, 600)
+                period=period, plan="pro", previous_plan="starter", created=upgraded_at
             )
         )
+    if story.cancels:
+        last = 1 if story.renews else 0
+        plan = "pro" if story.upgrades else "starter"  # the item's price when it ends
+        events.append(sub.deleted(period=last, plan=plan, ended_at=te.at(last + 1)))
     large = buyer.pack_purchase("pack_2000")
     if story.buys_large_pack:
         events.append(large.completed(created=te.at(0, 100)))
@@ -140,3 +154,5 @@ def test_any_delivery_order_with_duplicates_ends_in_the_same_balances(engine, st
     engine.apply_all(*data.draw(deliveries(events_of(story, shuffled))))
     assert final_state(engine, shuffled.user_id) == final_state(engine, canonical.user_id)
     assert engine.credits(canonical.user_id) == expected_credits(story)
+    status = engine.balance(canonical.user_id)["subscription_status"]
+    assert status == ("canceled" if story.cancels else "active")
