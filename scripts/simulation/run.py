@@ -1,0 +1,213 @@
+"""One simulation run: customers' stories delivered through a sidecar, then checked.
+
+Used by the chaos tests (small) and by scripts/simulate.py (large). The
+sidecar may run in-process or as a process; faults are injected by callables
+the caller schedules (they know how to restart Postgres or kill the sidecar).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from scripts.simulation.database import (
+    create_users,
+    differences,
+    invariant_violations,
+    paid_facts,
+    read_catalog,
+    read_states,
+)
+from scripts.simulation.delivery import Sender, plan_deliveries
+from scripts.simulation.model import expected_states
+from scripts.simulation.stories import Prices, Story, write_stories
+from scripts.simulation.typed import typed_events
+
+Fault = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class FaultSchedule:
+    """Faults fired once each when the sender reaches their attempt number.
+
+    A fault runs in the background: other senders keep sending while Postgres
+    restarts or the sidecar is down, and their failures are retried.
+    """
+
+    faults: list[tuple[int, str, Fault]] = field(default_factory=list)
+    fired: Counter[str] = field(default_factory=Counter)
+    running: list[asyncio.Task] = field(default_factory=list)
+
+    def add(self, at_attempt: int, name: str, fault: Fault) -> None:
+        self.faults.append((at_attempt, name, fault))
+        self.faults.sort(key=lambda item: item[0])
+
+    def __call__(self, attempt: int) -> None:
+        while self.faults and self.faults[0][0] <= attempt:
+            _, name, fault = self.faults.pop(0)
+            self.fired[name] += 1
+            self.running.append(asyncio.ensure_future(fault()))
+
+    async def settle(self) -> None:
+        await asyncio.gather(*self.running)
+
+
+@dataclass
+class Report:
+    """Counts and results of one run; `ok` when the engine ended where it must."""
+
+    seed: int
+    customers: int
+    events: int = 0
+    deliveries: int = 0
+    duplicates: int = 0
+    twins: int = 0
+    reorderings: int = 0
+    attempts: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    event_types: Counter[str] = field(default_factory=Counter)
+    layouts: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    spends: Counter[str] = field(default_factory=Counter)
+    gave_up: list[str] = field(default_factory=list)
+    mismatches: dict[str, Any] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def redeliveries(self) -> int:
+        return self.attempts - self.deliveries
+
+    @property
+    def ok(self) -> bool:
+        return not (self.gave_up or self.mismatches or self.violations or self.statuses[500])
+
+
+async def simulate(
+    url: str,
+    secret: str,
+    dsn: str,
+    prices: Prices,
+    *,
+    seed: int,
+    customers: int,
+    concurrency: int = 8,
+    spends: bool = False,
+    faults: FaultSchedule | None = None,
+    retry_delay: float = 0.05,
+) -> Report:
+    """Play `customers` stories through the sidecar at `url`; compare with the model."""
+    rng = random.Random(seed)
+    # Fresh user ids per run so that a database can host several runs.
+    users = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(customers)]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        create_users(conn, users)
+        catalog = read_catalog(conn)
+    stories = write_stories(seed, prices, users)
+    plan = plan_deliveries(stories, rng)
+    report = _report_of_plan(seed, stories, plan)
+    sender = Sender(url, secret, concurrency=concurrency, retry_delay=retry_delay)
+    sender.before_attempt = faults
+    spender = _Spender(dsn, users, random.Random(seed + 1)) if spends else None
+    spending = asyncio.ensure_future(spender.run()) if spender else None
+    stats = await sender.send_all(plan.deliveries)
+    if faults is not None:
+        await faults.settle()
+        report.faults = faults.fired
+    if spender is not None and spending is not None:
+        spender.stop = True
+        await spending
+        report.spends = spender.results
+    report.attempts = stats.attempts
+    report.statuses = stats.statuses
+    report.outcomes = stats.outcomes
+    report.gave_up = stats.gave_up
+    report.seconds = stats.seconds
+    _check(report, dsn, stories, catalog, users, exact=not spends)
+    return report
+
+
+def _report_of_plan(seed: int, stories: list[Story], plan) -> Report:
+    report = Report(seed=seed, customers=len(stories))
+    report.events = plan.events
+    report.deliveries = len(plan.deliveries)
+    report.duplicates = plan.duplicates
+    report.twins = plan.twins
+    report.reorderings = plan.reorderings
+    for story in stories:
+        for event in story.events:
+            report.event_types[event["type"]] += 1
+            report.layouts[event["api_version"]] += 1
+    return report
+
+
+def _check(report: Report, dsn: str, stories: list[Story], catalog, users, *, exact: bool) -> None:
+    typed = typed_events(event for story in stories for event in story.events)
+    expected = expected_states(typed, catalog, users)
+    owners = {story.customer_id: story.user_id for story in stories}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        actual = read_states(conn, users)
+        report.violations = invariant_violations(
+            conn, paid_facts(typed, catalog, owners), users=users
+        )
+    if exact:
+        report.mismatches = differences(expected, actual)
+        return
+    # With spends in between, the model is a ceiling: nothing beyond what was paid.
+    for user, state in actual.items():
+        ceiling = expected[user]
+        if state.plan_credits > ceiling.plan_credits or state.addon_credits > ceiling.addon_credits:
+            report.mismatches[user] = (ceiling, state)
+
+
+@dataclass
+class _Spender:
+    """The app spending (and now and then giving back) credits while webhooks arrive."""
+
+    dsn: str
+    users: list[str]
+    rng: random.Random
+    stop: bool = False
+    results: Counter[str] = field(default_factory=Counter)
+
+    async def run(self) -> None:
+        keys: list[str] = []
+        while not self.stop:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                    await conn.execute("set role service_role")
+                    while not self.stop:
+                        await self._one(conn, keys)
+            except psycopg.OperationalError:
+                self.results["connection lost"] += 1
+                await asyncio.sleep(0.1)
+
+    async def _one(self, conn: psycopg.AsyncConnection, keys: list[str]) -> None:
+        if keys and self.rng.random() < 0.1:
+            key = keys.pop(self.rng.randrange(len(keys)))
+            await conn.execute("select public.reverse_spend(%s)", (key,))
+            self.results["reversed"] += 1
+            return
+        key = f"chaos-{uuid.uuid4()}"
+        user = self.rng.choice(self.users)
+        try:
+            await conn.execute(
+                "select public.spend_credits(%s::uuid, %s, %s)",
+                (user, self.rng.randrange(1, 3000), key),
+            )
+        except psycopg.errors.DatabaseError as problem:
+            if problem.sqlstate != "PT402":
+                raise
+            self.results["refused (PT402)"] += 1
+        else:
+            self.results["spent"] += 1
+            keys.append(key)
+        await asyncio.sleep(0)
