@@ -139,3 +139,13 @@ def test_a_late_plan_change_for_an_earlier_period_changes_nothing(engine, buyer)
     change_plan(engine, sub, "pro", "starter", 3600)  # within period 0, no longer current
     assert engine.credits(buyer.user_id) == (900, 0)
     assert engine.balance(buyer.user_id)["plan_key"] == "starter"
+
+
+@pytest.mark.parametrize("invoice_first", [True, False], ids=["invoice-first", "update-first"])
+def test_at_a_tie_the_subscription_state_beats_the_invoice_line(engine, buyer, invoice_first):
+    sub = buyer.subscription("starter")
+    same_second = te.at(0, 5)
+    invoice = sub.invoice_paid(period=0, plan="pro", created=same_second)
+    state = sub.updated(period=0, plan="starter", created=same_second)
+    engine.apply_all(*([invoice, state] if invoice_first else [state, invoice]))
+    assert engine.credits(buyer.user_id) == (1000, 0)

@@ -203,3 +203,20 @@ def test_refund_on_a_subscription_invoice_is_listed_for_the_operator(engine, db,
     engine.apply(refund)
     reviews = db.execute("select * from tally.operator_reviews").fetchall()
     assert any(refund["id"] in str(review.values()) for review in reviews), reviews
+
+
+def test_a_warning_closed_inquiry_restores_what_it_clawed_back(engine, buyer):
+    purchase = bought(engine, buyer, "pack_500")
+    dispute_id = te.new_id("dp")
+    engine.apply(
+        purchase.dispute(
+            dispute_id=dispute_id, status="warning_needs_response", created=te.at(0, 10)
+        )
+    )
+    assert engine.credits(buyer.user_id) == (500, 0)
+    engine.apply(
+        purchase.dispute(
+            dispute_id=dispute_id, status="warning_closed", closed=True, created=te.at(0, 20)
+        )
+    )
+    assert engine.credits(buyer.user_id) == (500, 500)

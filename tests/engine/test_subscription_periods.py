@@ -197,3 +197,9 @@ def test_with_two_subscriptions_the_newest_paid_period_sets_plan_credits(engine,
     assert engine.credits(buyer.user_id) == (1000, 0)
     engine.apply(first.invoice_paid(period=1, created=te.at(1, 5)))
     assert engine.credits(buyer.user_id) == (5000, 0)
+
+
+def test_an_invoice_for_an_unknown_subscription_creates_its_mirror(engine, buyer):
+    engine.apply(buyer.subscription("pro").invoice_paid(period=0))
+    balance = engine.balance(buyer.user_id)
+    assert (balance["subscription_status"], balance["plan_key"]) == ("active", "pro")
