@@ -60,13 +60,23 @@ def pip_command() -> list[str]:
 
 def run_in_environment(command: list[str]) -> int:
     """Run the command; Ctrl-C and SIGTERM reach it, and it stops itself in order."""
-    child = subprocess.Popen(command)
-    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
-    while True:
-        try:
-            return child.wait()
-        except KeyboardInterrupt:
-            continue  # the terminal sent the same Ctrl-C to the child
+    started: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, frame: object) -> None:
+        for child in started:
+            child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)  # before the child exists: no gap
+    try:
+        child = subprocess.Popen(command)
+        started.append(child)
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:
+                continue  # the terminal sent the same Ctrl-C to the child
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> int:
