@@ -27,7 +27,7 @@ from scripts.simulation.database import (
 )
 from scripts.simulation.delivery import Sender, plan_deliveries
 from scripts.simulation.model import expected_states
-from scripts.simulation.stories import Prices, Story, write_stories
+from scripts.simulation.stories import Prices, Story, new_user_ids, write_stories
 from scripts.simulation.typed import typed_events
 
 Fault = Callable[[], Awaitable[Any]]
@@ -106,8 +106,7 @@ async def simulate(
 ) -> Report:
     """Play `customers` stories through the sidecar at `url`; compare with the model."""
     rng = random.Random(seed)
-    # Fresh user ids per run so that a database can host several runs.
-    users = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(customers)]
+    users = new_user_ids(seed, customers)
     with psycopg.connect(dsn, autocommit=True) as conn:
         create_users(conn, users)
         catalog = read_catalog(conn)
