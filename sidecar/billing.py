@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from stripe.params.checkout import SessionCreateParams as CheckoutSessionParams
 
 from sidecar.auth import KeysUnavailable, TokenError
 from sidecar.config import Config
@@ -123,16 +124,16 @@ async def _active_price(request: web.Request, purchase: Purchase) -> str:
 
 async def _new_customer(request: web.Request, user_id: str) -> str:
     """Create the Stripe customer and store the link before anyone pays."""
-    customer_id = await request.app[STRIPE].create_customer(user_id, email=None)
+    customer_id = await request.app[STRIPE].create_customer(user_id)
     await request.app[DATABASE].link_stripe_customer(user_id, customer_id)
     return customer_id
 
 
 def checkout_params(
     config: Config, purchase: Purchase, price_id: str, user_id: str, customer_id: str
-) -> dict[str, Any]:
+) -> CheckoutSessionParams:
     """The Checkout Session: user id in every place a webhook may read it."""
-    params: dict[str, Any] = {
+    params: CheckoutSessionParams = {
         "mode": "subscription" if purchase.kind == "plan" else "payment",
         "customer": customer_id,
         "client_reference_id": user_id,

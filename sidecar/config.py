@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 Environment = Literal["development", "production"]
 Transport = Literal["postgres", "postgrest"]
+N = TypeVar("N", int, float)
 
 DEFAULT_PORT = 8080
 DEFAULT_DB_TIMEOUT = 5.0
@@ -101,7 +102,7 @@ class _Reader:
 
     def config(self) -> Config:
         env = self.environment()
-        values = {
+        values: dict[str, Any] = {
             "env": env,
             "webhook_secrets": self.webhook_secrets(),
             "stripe_secret_key": self.stripe_secret_key(),
@@ -167,7 +168,7 @@ class _Reader:
             self.problems.append("STRIPE_API_BASE must be an http(s) URL")
         return base.rstrip("/") if base else None
 
-    def number(self, name: str, default: float, kind: type, low: float, high: float):
+    def number(self, name: str, default: N, kind: Callable[[str], N], low: N, high: N) -> N:
         raw = self.get(name)
         if raw is None:
             return default

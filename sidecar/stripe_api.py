@@ -9,14 +9,20 @@ logged with Stripe's request id.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 import stripe
+from stripe import RequestOptions
+from stripe.params import CustomerCreateParams
+from stripe.params.billing_portal import SessionCreateParams as PortalSessionParams
+from stripe.params.checkout import SessionCreateParams as CheckoutSessionParams
 
 from sidecar.observability import logger
 
 STRIPE_API_VERSION = "2025-03-31.basil"
+T = TypeVar("T")
 IDEMPOTENCY_IN_USE_RETRY_DELAY = 0.5
 
 
@@ -51,7 +57,7 @@ class StripeApi:
             base_addresses={"api": api_base} if api_base else None,
         )
 
-    async def _call(self, operation: str, call: Any) -> Any:
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(self.timeout + 1):
                 return await call()
@@ -71,14 +77,12 @@ class StripeApi:
             logger().warning("stripe call timed out", extra={"operation": operation})
             raise StripeUnavailable(f"Stripe timed out trying to {operation}") from error
 
-    async def create_customer(self, user_id: str, email: str | None) -> str:
+    async def create_customer(self, user_id: str) -> str:
         """Create the user's customer; the idempotency key makes concurrent calls agree."""
-        params: dict[str, Any] = {"metadata": {"user_id": user_id}}
-        if email:
-            params["email"] = email
-        options = {"idempotency_key": f"tally-customer-{user_id}"}
+        params: CustomerCreateParams = {"metadata": {"user_id": user_id}}
+        options: RequestOptions = {"idempotency_key": f"tally-customer-{user_id}"}
 
-        async def create() -> Any:
+        async def create() -> stripe.Customer:
             try:
                 return await self.client.v1.customers.create_async(params, options)
             except stripe.IdempotencyError:
@@ -89,16 +93,20 @@ class StripeApi:
         customer = await self._call("create the customer", create)
         return customer.id
 
-    async def create_checkout_session(self, params: dict[str, Any], idempotency_key: str) -> str:
-        options = {"idempotency_key": idempotency_key}
+    async def create_checkout_session(
+        self, params: CheckoutSessionParams, idempotency_key: str
+    ) -> str:
+        options: RequestOptions = {"idempotency_key": idempotency_key}
         session = await self._call(
             "create the Checkout Session",
             lambda: self.client.v1.checkout.sessions.create_async(params, options),
         )
+        if session.url is None:  # only embedded sessions lack one; ours are hosted
+            raise StripeUnavailable("Stripe returned a Checkout Session without a URL")
         return session.url
 
     async def create_portal_session(self, customer_id: str, return_url: str) -> str:
-        params = {"customer": customer_id, "return_url": return_url}
+        params: PortalSessionParams = {"customer": customer_id, "return_url": return_url}
         portal = await self._call(
             "create the Customer Portal session",
             lambda: self.client.v1.billing_portal.sessions.create_async(params),

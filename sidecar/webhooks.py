@@ -8,6 +8,7 @@ is ignored), 503 when the database is away (Stripe retries later).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -60,7 +61,7 @@ async def stripe_webhook(request: web.Request) -> web.Response:
 
 
 async def _apply(
-    request: web.Request, envelope: events.Envelope, typed: dict, watch: Stopwatch
+    request: web.Request, envelope: events.Envelope, typed: dict[str, Any], watch: Stopwatch
 ) -> web.Response:
     metrics = request.app[METRICS]
     try:
