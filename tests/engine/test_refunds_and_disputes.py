@@ -220,3 +220,12 @@ def test_a_warning_closed_inquiry_restores_what_it_clawed_back(engine, buyer):
         )
     )
     assert engine.credits(buyer.user_id) == (500, 500)
+
+
+def test_dispute_arriving_before_its_pack_parks_and_applies_when_the_pack_is_bought(engine, buyer):
+    purchase = buyer.pack_purchase("pack_2000")
+    dispute = purchase.dispute(dispute_id=te.new_id("dp"), created=te.at(0, 60))
+    assert engine.apply(dispute)["status"] == "parked"
+    engine.apply(purchase.completed(created=te.at(0, 1)))
+    assert engine.credits(buyer.user_id) == (500, 0)
+    assert engine.stored_event(dispute["id"])["outcome"] == "applied"
