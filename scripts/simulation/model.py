@@ -321,6 +321,10 @@ class _World:
         return mirrors
 
     def _counts_for_state(self, event: TypedEvent) -> bool:
+        """Rejected events (a bad user hint, a price no plan has) leave no state behind."""
+        price = _object(event).get("price_id")
+        if price is not None and price not in self.catalog.plans:
+            return False
         if event["type"] in SUBSCRIPTION_TYPES:
             return self._hinted_user(event) is not False
         return self.user_of(event) is not None
@@ -458,14 +462,14 @@ def _end_of(sub: Mapping[str, Any]) -> int | None:
 def _status_after_invoice(status: str | None, event: TypedEvent) -> str | None:
     if event["type"] == "invoice.paid" and event["invoice"].get("status") == "paid":
         return "active" if status in {None, "incomplete", "past_due", "unpaid"} else status
-    if event["type"] == "invoice.payment_failed":
-        if status is None:
-            # Only the invoice is known: a failed first invoice leaves the
-            # subscription incomplete, a failed renewal makes it past due.
-            first = event["invoice"].get("billing_reason") == "subscription_create"
-            return "incomplete" if first else "past_due"
-        return "past_due" if status in {"active", "trialing"} else status
-    return status
+    # A failed payment, or an `invoice.paid` whose invoice is not paid: payment not
+    # completed (SPEC 2), the status records it.
+    if status is None:
+        # Only the invoice is known: a failed first invoice leaves the
+        # subscription incomplete, a failed renewal makes it past due.
+        first = event["invoice"].get("billing_reason") == "subscription_create"
+        return "incomplete" if first else "past_due"
+    return "past_due" if status in {"active", "trialing"} else status
 
 
 def _stripe_order(events: list[TypedEvent]) -> list[TypedEvent]:

@@ -207,8 +207,18 @@ def test_an_invoice_with_only_proration_lines_pays_no_period():
     assert state(events).plan_credits == 500
 
 
-def test_an_invoice_for_an_unknown_price_grants_nothing():
-    assert state([invoice("invoice.paid", T0, price="price_nobody_sells")]).plan_credits == 500
+def test_an_invoice_for_an_unknown_price_is_rejected_and_leaves_no_state():
+    assert state([invoice("invoice.paid", T0, price="price_nobody_sells")]) == UserState(500, 0)
+
+
+def test_a_subscription_event_for_an_unknown_price_is_rejected_and_leaves_no_state():
+    events = [subscription("created", T0, "active", price="price_nobody_sells")]
+    assert state(events) == UserState(500, 0)
+
+
+def test_an_invoice_paid_event_whose_invoice_is_not_paid_counts_as_a_failed_payment():
+    events = [subscription("created", T0, "active"), invoice("invoice.paid", T0 + 5, status="open")]
+    assert state(events) == UserState(500, 0, "past_due")
 
 
 def test_a_period_starting_after_the_subscription_ended_is_not_granted():
@@ -332,7 +342,7 @@ def test_a_rejected_event_still_links_the_customer_it_names():
             payment_intent_id="pi_2",
         ),
     ]
-    assert state(events) == UserState(500, 100, "active")
+    assert state(events) == UserState(500, 100, None)
 
 
 def test_the_refund_share_rounds_half_away_from_zero():
