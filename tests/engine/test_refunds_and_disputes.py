@@ -229,3 +229,16 @@ def test_dispute_arriving_before_its_pack_parks_and_applies_when_the_pack_is_bou
     engine.apply(purchase.completed(created=te.at(0, 1)))
     assert engine.credits(buyer.user_id) == (500, 0)
     assert engine.stored_event(dispute["id"])["outcome"] == "applied"
+
+
+def test_refund_claws_back_from_the_buyer_even_if_the_customer_is_linked_to_another_user(
+    engine, buyer, make_user
+):
+    other = make_user()
+    engine.link(other, buyer.customer_id)  # the customer belongs to another user
+    purchase = buyer.pack_purchase("pack_2000")  # but this session names the buyer
+    engine.apply(purchase.completed())
+    engine.apply(purchase.refunded(amount_refunded=purchase.amount))
+    assert engine.credits(buyer.user_id) == (500, 0)
+    assert engine.credits(other) == (500, 0)
+    assert engine.ledger(other, "subscription_refund") == []
