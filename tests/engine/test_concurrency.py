@@ -158,3 +158,34 @@ def test_concurrent_parking_and_linking_of_one_customer_lose_no_event(database_u
     results = run_in_parallel(database_url, [*jobs, link])
     assert errors_in(results) == []
     assert engine.credits(buyer.user_id) == (1000, 5000)
+
+
+def lifecycle(buyer: te.Buyer) -> list[dict[str, Any]]:
+    """One customer's busy month: subscription, renewals, upgrade, packs, refund, dispute."""
+    sub = buyer.subscription("starter")
+    packs = [buyer.pack_purchase("pack_500") for _ in range(4)]
+    events = [
+        sub.checkout(),
+        sub.created(created=te.at(0, 1)),
+        sub.invoice_paid(period=0),
+        sub.invoice_paid(period=1),
+        sub.updated(period=1, created=te.at(1, 6)),
+        sub.plan_changed(period=1, plan="pro", previous_plan="starter", created=te.at(1, te.DAY)),
+    ]
+    for n, pack in enumerate(packs):
+        events.append(pack.completed(created=te.at(0, 100 + n)))
+    events.append(packs[0].refunded(amount_refunded=250, created=te.at(0, 200)))
+    events.append(packs[1].dispute(dispute_id=te.new_id("dp"), created=te.at(0, 300)))
+    return events
+
+
+def test_concurrent_different_events_of_one_user_serialise_and_end_as_in_order(
+    database_url, engine, make_user
+):
+    in_order = te.Buyer.new(make_user())
+    engine.apply_all(*lifecycle(in_order))
+    at_once = te.Buyer.new(make_user())
+    events = lifecycle(at_once)
+    results = run_in_parallel(database_url, [apply_job(event) for event in events + events])
+    assert errors_in(results) == []
+    assert engine.credits(at_once.user_id) == engine.credits(in_order.user_id) == (5000, 1250)
