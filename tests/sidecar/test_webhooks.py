@@ -371,15 +371,9 @@ async def test_zero_amount_invoice_counts_as_paid(make_sidecar, db, make_user, l
     assert credits(db, user) == (STARTER_CREDITS, 0)
 
 
-# Reported to the engine owner: an upgrade and its undo in the same second (A->B->A)
-# are symmetric in their previous_attributes, so only the state before the tie can
-# order them; the engine currently lets arrival order decide.
-ENGINE_TIE_CYCLE = pytest.mark.xfail(
-    strict=True, reason="engine: A->B->A within one second is decided by arrival order"
-)
-
-
-@pytest.mark.parametrize("arrival", ["in_order", pytest.param("reversed", marks=ENGINE_TIE_CYCLE)])
+# An upgrade and its undo in the same second (A->B->A) are symmetric in their
+# previous_attributes: only the state before that second can order them.
+@pytest.mark.parametrize("arrival", ["in_order", "reversed"])
 async def test_same_second_upgrade_and_undo_end_on_the_undo(
     sidecar, db, make_user, layout, arrival
 ):
