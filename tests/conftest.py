@@ -47,7 +47,10 @@ def pg_server() -> Iterator[LocalPostgres]:
 def database_url(pg_server: LocalPostgres) -> Iterator[str]:
     name = f"test_{next(_database_numbers)}"
     with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        conn.execute(f"create database {name} template {TEMPLATE}")
+        # file_copy (PostgreSQL 15+) copies the small template files directly,
+        # several times faster than the WAL-logged default.
+        strategy = " strategy file_copy" if conn.info.server_version >= 150000 else ""
+        conn.execute(f"create database {name} template {TEMPLATE}{strategy}")
     dsn = pg_server.dsn(name)
     yield dsn
     try:
