@@ -55,7 +55,7 @@ $$;
 
 revoke all on function tally.require_key(text) from public, anon, authenticated;
 
--- Lock the account of a user or raise P0002 (PostgREST: 404).
+-- Lock the account of a user or raise PT404 (PostgREST answers HTTP 404).
 create function tally.lock_existing_account(p_user_id uuid) returns tally.accounts
 language plpgsql
 set search_path = ''
@@ -68,7 +68,7 @@ begin
   end if;
   v_account := tally.lock_account(p_user_id);
   if v_account.user_id is null then
-    raise exception using errcode = 'P0002', message = format('unknown user %s', p_user_id),
+    raise exception using errcode = 'PT404', message = format('unknown user %s', p_user_id),
       detail = 'no credit account exists for this user id';
   end if;
   return v_account;
@@ -196,7 +196,7 @@ begin
   perform tally.require_key(v_key);
   select * into v_spend from tally.spends s where s.idempotency_key = v_key for update;
   if not found then
-    raise exception using errcode = 'P0002', message = format('no spend with idempotency key %s', v_key);
+    raise exception using errcode = 'PT404', message = format('no spend with idempotency key %s', v_key);
   end if;
   if v_spend.reversed_at is not null then
     return v_spend.reversal_result || jsonb_build_object('replayed', true);

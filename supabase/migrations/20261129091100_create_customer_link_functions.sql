@@ -20,7 +20,7 @@ begin
       message = 'customer_id is required (a Stripe customer id, cus_...)';
   end if;
   if not exists (select 1 from auth.users u where u.id = link_stripe_customer.user_id) then
-    raise exception using errcode = 'P0002',
+    raise exception using errcode = 'PT404',
       message = format('unknown user %s', link_stripe_customer.user_id);
   end if;
   perform tally.lock_customer(link_stripe_customer.customer_id);

@@ -119,7 +119,7 @@ def test_spend_without_an_idempotency_key_is_a_client_error(engine, user, key):
 
 
 def test_spend_for_an_unknown_user_raises_p0002(engine):
-    assert sqlstate_of(lambda: engine.spend(uuid.uuid4(), 10)) == "P0002"
+    assert sqlstate_of(lambda: engine.spend(uuid.uuid4(), 10)) == "PT404"
 
 
 def test_spend_reason_defaults_to_null(engine, user, key):
@@ -155,7 +155,7 @@ def test_reverse_spend_twice_gives_back_once(engine, user, key):
 def test_reverse_spend_of_an_unknown_key_raises_p0002(engine):
     with pytest.raises(psycopg.Error) as caught:
         engine.reverse("never-spent")
-    assert caught.value.sqlstate == "P0002"
+    assert caught.value.sqlstate == "PT404"
 
 
 def test_reverse_spend_after_a_period_reset_gives_back_only_the_addon_part(engine, user, key):

@@ -86,6 +86,7 @@ async def test_readyz_goes_through_each_transport(any_sidecar):
         ("22023", "service_role", 400),
         ("P0001", "service_role", 400),
         ("P0002", "service_role", 500),
+        ("PT404", "service_role", 404),
         ("42501", "anon", 401),
         ("42501", "authenticated", 403),
         ("42883", "service_role", 404),
@@ -259,7 +260,7 @@ async def test_an_invalid_typed_event_is_refused_with_22023(transport, db):
 async def test_linking_an_unknown_user_is_refused_with_its_sqlstate(transport):
     with pytest.raises(DatabaseError) as refused:
         await transport.link_stripe_customer(str(uuid.uuid4()), "cus_123")
-    assert refused.value.sqlstate == "P0002"
+    assert refused.value.sqlstate == "PT404"
 
 
 async def test_billing_profile_and_catalog_read_the_same_on_both(transport, make_user):
