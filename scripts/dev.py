@@ -223,18 +223,20 @@ def interrupt(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def database_for_dev(migrate: bool) -> Iterator[str]:
-    """DATABASE_URL when set (migrated only if asked), else a throwaway local one."""
-    url = os.environ.get("DATABASE_URL")
+def database_for_dev(url: str | None, migrate: bool) -> Iterator[str]:
+    """The given database (DATABASE_URL; migrated only if asked), else a throwaway one."""
     if not url:
         print("starting a local PostgreSQL and applying the stand-in, migrations and seed...")
         with local_database() as dsn:
             yield dsn
         return
     if migrate:
+        # A plain Postgres gets the stand-in and the demo catalog; a Supabase
+        # database (it has auth.users) only the migrations, never fake prices.
         with psycopg.connect(url, autocommit=True) as conn:
-            has_auth = conn.execute("select to_regclass('auth.users') is not null").fetchone()
-        applied = prepare_database(url, stand_in=not (has_auth and has_auth[0]))
+            row = conn.execute("select to_regclass('auth.users') is not null").fetchone()
+        plain = not (row and row[0])
+        applied = prepare_database(url, stand_in=plain, seed=plain)
         print(f"applied {len(applied)} migration(s) to {redact(url)}")
     yield url
 
@@ -244,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--migrate",
         action="store_true",
-        help="with DATABASE_URL set: apply pending migrations and the seed to it first",
+        help="with DATABASE_URL set: apply pending migrations to it first (and, on a plain"
+        " Postgres without auth.users, the stand-in and the demo catalog)",
     )
     args = parser.parse_args(argv)
     # From here on SIGTERM unwinds like Ctrl-C: the sidecar and the database stop in order.
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     port = parse_port(os.environ.get("PORT"))
     webhook_secrets, generated = webhook_secrets_from_env()
     try:
-        with database_for_dev(args.migrate) as dsn:
+        with database_for_dev(os.environ.get("DATABASE_URL"), args.migrate) as dsn:
             settings = SidecarSettings(
                 database_url=dsn,
                 webhook_secrets=webhook_secrets,

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import psycopg
 import pytest
 
 from scripts import dev
+from scripts.migrate import apply_stand_in
 from scripts.pg import free_port
 from scripts.stripe_events import StripeWorld, signed_request
 
@@ -128,3 +130,37 @@ def test_without_configured_secrets_one_local_secret_is_made(monkeypatch):
     secrets, generated = dev.webhook_secrets_from_env()
     assert generated
     assert len(secrets) == 1 and secrets[0].startswith("whsec_")
+
+
+def test_migrate_on_a_plain_postgres_applies_the_stand_in_migrations_and_catalog(pg_server):
+    name = f"dev_migrate_{os.getpid()}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    try:
+        url = pg_server.dsn(name)
+        with dev.database_for_dev(url, migrate=True) as used:
+            assert used == url
+        with psycopg.connect(url) as conn:
+            plans = conn.execute("select count(*) from public.plans").fetchone()[0]
+            users = conn.execute("select to_regclass('auth.users') is not null").fetchone()[0]
+        assert users and plans > 0
+    finally:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+            conn.execute(f"drop database {name} with (force)")
+
+
+def test_migrate_on_a_supabase_database_adds_no_demo_catalog(pg_server):
+    name = f"dev_supabase_{os.getpid()}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    try:
+        url = pg_server.dsn(name)
+        with psycopg.connect(url, autocommit=True) as conn:
+            apply_stand_in(conn)  # what a Supabase project already has
+        with dev.database_for_dev(url, migrate=True):
+            pass
+        with psycopg.connect(url) as conn:
+            assert conn.execute("select count(*) from public.plans").fetchone()[0] == 0
+    finally:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+            conn.execute(f"drop database {name} with (force)")
