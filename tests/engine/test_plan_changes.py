@@ -149,3 +149,14 @@ def test_at_a_tie_the_subscription_state_beats_the_invoice_line(engine, buyer, i
     state = sub.updated(period=0, plan="starter", created=same_second)
     engine.apply_all(*([invoice, state] if invoice_first else [state, invoice]))
     assert engine.credits(buyer.user_id) == (1000, 0)
+
+
+@pytest.mark.parametrize("undo_first", [False, True], ids=["in-order", "undo-first"])
+def test_an_upgrade_and_its_undo_in_the_same_second_end_on_the_undo(engine, buyer, undo_first):
+    sub = subscribed(engine, buyer, "starter")
+    same_second = te.at(0, 3600)
+    upgrade = sub.plan_changed(period=0, plan="pro", previous_plan="starter", created=same_second)
+    undo = sub.plan_changed(period=0, plan="starter", previous_plan="pro", created=same_second)
+    engine.apply_all(*([undo, upgrade] if undo_first else [upgrade, undo]))
+    balance = engine.balance(buyer.user_id)
+    assert (balance["plan_credits"], balance["plan_key"]) == (1000, "starter")

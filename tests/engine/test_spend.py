@@ -118,8 +118,9 @@ def test_spend_without_an_idempotency_key_is_a_client_error(engine, user, key):
     assert engine.credits(user) == (500, 0)
 
 
-def test_spend_for_an_unknown_user_raises_p0002(engine):
+def test_spend_for_an_unknown_user_raises_pt404(engine):
     assert sqlstate_of(lambda: engine.spend(uuid.uuid4(), 10)) == "PT404"
+    assert postgrest_status("PT404") == 404
 
 
 def test_spend_reason_defaults_to_null(engine, user, key):
@@ -152,7 +153,7 @@ def test_reverse_spend_twice_gives_back_once(engine, user, key):
     assert len(engine.ledger(user, "spend_reversal")) == 1
 
 
-def test_reverse_spend_of_an_unknown_key_raises_p0002(engine):
+def test_reverse_spend_of_an_unknown_key_raises_pt404(engine):
     with pytest.raises(psycopg.Error) as caught:
         engine.reverse("never-spent")
     assert caught.value.sqlstate == "PT404"

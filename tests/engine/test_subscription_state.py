@@ -157,3 +157,23 @@ def test_a_new_subscription_after_cancellation_is_granted(engine, buyer):
     balance = engine.balance(buyer.user_id)
     assert (balance["plan_credits"], balance["plan_key"]) == (5000, "pro")
     assert balance["subscription_status"] == "active"
+
+
+def test_a_same_second_round_trip_ends_the_same_in_either_arrival_order(engine, make_user):
+    # active -> past_due -> active within one second: each update's previous
+    # state matches the other's state, so "the one that left the other's
+    # state is newer" holds both ways and the engine keeps whichever arrived
+    # last. SPEC 3.2: a tie must not be decided by arrival order.
+    finals = []
+    for reverse in (False, True):
+        buyer = te.Buyer.new(make_user())
+        sub = buyer.subscription("starter")
+        engine.apply(sub.created(created=te.at(0, 1)))
+        same_second = te.at(0, 900)
+        updates = [
+            sub.updated(status="past_due", previous={"status": "active"}, created=same_second),
+            sub.updated(status="active", previous={"status": "past_due"}, created=same_second),
+        ]
+        engine.apply_all(*(reversed(updates) if reverse else updates))
+        finals.append(engine.balance(buyer.user_id)["subscription_status"])
+    assert finals[0] == finals[1]
