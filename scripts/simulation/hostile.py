@@ -8,16 +8,30 @@ key looked up, so a field it starts reading later is mutated too.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import random
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+import psycopg
+
+from scripts.simulation.database import (
+    create_users,
+    differences,
+    invariant_violations,
+    read_catalog,
+    read_states,
+)
+from scripts.simulation.model import expected_states
 from scripts.simulation.stories import Prices
-from scripts.stripe_events import StripeWorld
+from scripts.stripe_events import StripeWorld, encode, sign
 from sidecar.events import Unreadable, normalise, read_envelope
 
 Path = tuple[str | int, ...]
@@ -48,6 +62,7 @@ INJECTIONS = [
     "../../../../etc/passwd",
     "\u202e🙂'\"\\",
 ]
+SQLSTATE_IN_ANSWER = re.compile(r"\(([0-9A-Z]{5})\)")
 STRIPE_ID = re.compile(r"\b(evt|cus|sub|si|cs_test|in|il|ch|pi|dp|re|req)_([A-Za-z0-9]{24})\b")
 
 
@@ -175,3 +190,74 @@ def deeply_nested(depth: int) -> bytes:
 
 def new_user_id(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+@dataclass
+class HostileReport:
+    """What the hostile phase sent and what came back."""
+
+    cases: int = 0
+    accepted: int = 0  # readable, forwarded to the engine and recorded
+    statuses: Counter[int] = field(default_factory=Counter)
+    # Readable events the database refused (SQLSTATE -> count): not stored, so not
+    # in the model either; each is a finding (docs/reliability.md).
+    refused_by_database: Counter[str] = field(default_factory=Counter)
+    mismatches: dict[str, Any] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.mismatches or self.violations or self.statuses[500] or self.statuses[0])
+
+
+async def send_isolated(
+    url: str,
+    secret: str,
+    dsn: str,
+    cases: list[tuple[dict[str, Any], Path, Any]],
+    sample_user: str,
+    rng: random.Random,
+    concurrency: int = 8,
+) -> HostileReport:
+    """Send each mutated event in a world of its own; check grants against the model."""
+    report = HostileReport(cases=len(cases))
+    prepared = []
+    for event, path, value in cases:
+        user = new_user_id(rng)
+        world = isolated(event, sample_user, user, f"{rng.getrandbits(32):08x}")
+        prepared.append((user, with_value(world, path, value)))
+    users = [user for user, _ in prepared]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        create_users(conn, users)
+        catalog = read_catalog(conn)
+    typed_of = {user: accepted_typed(raw) for user, raw in prepared}
+    queue = list(prepared)
+    refused: set[str] = set()
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while queue:
+            user, raw = queue.pop()
+            body = encode(raw)
+            headers = {"Stripe-Signature": sign(body, secret), "Content-Type": "application/json"}
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    text = await response.text()
+                    report.statuses[response.status] += 1
+            except aiohttp.ClientError:
+                report.statuses[0] += 1
+                continue
+            if typed_of[user] is not None and response.status != 200:
+                # A readable event the database refused: say which SQLSTATE.
+                refused.add(user)
+                found = SQLSTATE_IN_ANSWER.search(text)
+                report.refused_by_database[found[1] if found else str(response.status)] += 1
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    accepted = [t for user, t in typed_of.items() if t is not None and user not in refused]
+    report.accepted = len(accepted)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        expected = expected_states(accepted, catalog, users)
+        report.mismatches = differences(expected, read_states(conn, users))
+        report.violations = invariant_violations(conn, users=users)
+    return report
