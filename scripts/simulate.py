@@ -202,6 +202,7 @@ async def hostile_phase(url: str, dsn: str, args: argparse.Namespace) -> dict[st
         "readable_but_refused_by_database": dict(
             wrong_report.refused_by_database + injected_report.refused_by_database
         ),
+        "known_engine_gaps": dict(wrong_report.known_gaps + injected_report.known_gaps),
         "attacks": attacks,
         "mismatches": len(wrong_report.mismatches) + len(injected_report.mismatches),
         "mismatch_examples": {

@@ -2,8 +2,10 @@
 
 `plan_deliveries` decides what is sent: every event 1 to 3 times, shuffled
 within and across customers. `Sender` posts each delivery to the sidecar
-with a fresh Stripe-Signature and, like Stripe, sends again whatever did not
-get a 2xx answer (a status, a reset connection, a timeout), until it does.
+with a fresh Stripe-Signature and, like Stripe, sends again later whatever
+did not get a 2xx answer (a status, a reset connection, a timeout): the
+failed delivery goes to the back of the queue, so the redelivery comes after
+what was waiting, as Stripe's hours-later retries do.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class Sender:
     url: str
     secret: str
     concurrency: int = 8
-    max_attempts: int = 60
+    max_attempts: int = 200
     retry_delay: float = 0.05
     timeout: float = 10.0
     # Called before every attempt (with the attempt number); faults are injected here.
@@ -101,41 +103,53 @@ class Sender:
     stats: SendStats = field(default_factory=SendStats)
 
     async def send_all(self, deliveries: Sequence[dict[str, Any]]) -> SendStats:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[dict[str, Any], int]] = asyncio.Queue()
         for event in deliveries:
-            queue.put_nowait(event)
+            queue.put_nowait((event, 1))
         self.stats.deliveries += len(deliveries)
         started = time.perf_counter()
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        connector = aiohttp.TCPConnector(limit=self.concurrency, force_close=False)
+        connector = aiohttp.TCPConnector(limit=self.concurrency)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             workers = [
                 asyncio.create_task(self._work(session, queue)) for _ in range(self.concurrency)
             ]
-            await asyncio.gather(*workers)
+            await queue.join()
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
         self.stats.seconds += time.perf_counter() - started
         return self.stats
 
     async def _work(self, session: aiohttp.ClientSession, queue: asyncio.Queue) -> None:
-        while not queue.empty():
-            event = queue.get_nowait()
-            await self.deliver(session, event)
+        while True:
+            event, attempt = await queue.get()
+            try:
+                if not await self.deliver_once(session, event, attempt):
+                    if attempt >= self.max_attempts:
+                        self.stats.gave_up.append(event["id"])
+                    else:
+                        # Like Stripe: try again later, behind what is waiting now.
+                        await asyncio.sleep(self.retry_delay * min(attempt, 20))
+                        queue.put_nowait((event, attempt + 1))
+            finally:
+                queue.task_done()
 
-    async def deliver(self, session: aiohttp.ClientSession, event: dict[str, Any]) -> None:
-        body = encode(event)
-        for attempt in range(1, self.max_attempts + 1):
-            if self.before_attempt is not None:
-                result = self.before_attempt(self.stats.attempts)
-                if asyncio.iscoroutine(result):
-                    await result
-            self.stats.attempts += 1
-            status, outcome = await self._post(session, body)
-            self.stats.statuses[status] += 1
-            if 200 <= status < 300:
-                self.stats.outcomes[outcome] += 1
-                return
-            await asyncio.sleep(self.retry_delay * min(attempt, 20))
-        self.stats.gave_up.append(event["id"])
+    async def deliver_once(
+        self, session: aiohttp.ClientSession, event: dict[str, Any], attempt: int
+    ) -> bool:
+        """One attempt; True once the sidecar answered 2xx."""
+        if self.before_attempt is not None:
+            result = self.before_attempt(self.stats.attempts)
+            if asyncio.iscoroutine(result):
+                await result
+        self.stats.attempts += 1
+        status, outcome = await self._post(session, encode(event))
+        self.stats.statuses[status] += 1
+        if 200 <= status < 300:
+            self.stats.outcomes[outcome] += 1
+            return True
+        return False
 
     async def _post(self, session: aiohttp.ClientSession, body: bytes) -> tuple[int, str]:
         headers = {"Stripe-Signature": sign(body, self.secret), "Content-Type": "application/json"}

@@ -364,7 +364,11 @@ class _World:
             if event["type"] == "invoice.paid":
                 invoice = event["invoice"]
                 if _pays_period(invoice) and invoice["period_start"] == period_start:
-                    candidates.append((event["created"], 0, event["id"], invoice["price_id"]))
+                    # The line is as old as the invoice that billed it (its own created,
+                    # when the typed event carries it), not as the event saying it was paid.
+                    billed = invoice.get("created")
+                    at = event["created"] if billed is None else billed
+                    candidates.append((at, 0, event["id"], invoice["price_id"]))
             elif event["type"] in SUBSCRIPTION_TYPES:
                 sub = event["subscription"]
                 if (

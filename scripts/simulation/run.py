@@ -39,7 +39,8 @@ class FaultSchedule:
     """Faults fired once each when the sender reaches their attempt number.
 
     A fault runs in the background: other senders keep sending while Postgres
-    restarts or the sidecar is down, and their failures are retried.
+    restarts or the sidecar is down, and their failures are retried. Faults do
+    not overlap (a second kill must not hit a sidecar still starting up).
     """
 
     faults: list[tuple[int, str, Fault]] = field(default_factory=list)
@@ -51,7 +52,10 @@ class FaultSchedule:
         self.faults.sort(key=lambda item: item[0])
 
     def __call__(self, attempt: int) -> None:
-        while self.faults and self.faults[0][0] <= attempt:
+        # One fault at a time: the next waits until the system is back up.
+        if any(not task.done() for task in self.running):
+            return
+        if self.faults and self.faults[0][0] <= attempt:
             _, name, fault = self.faults.pop(0)
             self.fired[name] += 1
             self.running.append(asyncio.ensure_future(fault()))

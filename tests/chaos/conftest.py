@@ -16,18 +16,6 @@ PRICES = Prices(
 )
 
 
-def is_known_proration_gap(typed: dict | None, sqlstate: str | None) -> bool:
-    """The engine bug pinned in test_known_engine_gaps.py: a proration-only invoice.paid
-    for a subscription the engine does not know yet fails with 23502 (the sidecar answers
-    400 and Stripe redelivers). Only this exact signature is tolerated elsewhere."""
-    invoice = (typed or {}).get("invoice") or {}
-    return (
-        sqlstate == "23502"
-        and (typed or {}).get("type") in ("invoice.paid", "invoice.payment_failed")
-        and invoice.get("price_id") is None
-    )
-
-
 @pytest.fixture
 def chaos_database_url(database_url: str) -> str:
     """A fresh test database holding the simulation's plans and packs."""

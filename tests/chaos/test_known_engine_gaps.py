@@ -57,3 +57,21 @@ def test_a_reversed_spend_does_not_bring_back_refunded_credits(admin, service):
     service.execute("select public.reverse_spend('job-1')")
     # Without the spend the user would hold 500 - 250 add-on credits; never more with it.
     assert read_states(admin, [user])[user].addon_credits <= 250
+
+
+@pytest.mark.xfail(
+    reason="engine: an invoice.paid whose subscription line has no period end pays the"
+    " period; docs/engine.md says period_end must be present",
+    strict=True,
+)
+def test_a_line_without_a_period_end_pays_no_period(admin, service):
+    user = str(uuid.uuid4())
+    create_users(admin, [user])
+    world = StripeWorld("basil", prices=PRICES.amounts, seed=user)
+    _, events = world.subscribe(world.customer(user_id=user), "price_chaos_basic")
+    paid = next(event for event in events if event["type"] == "invoice.paid")
+    paid["data"]["object"]["lines"]["data"][0]["period"]["end"] = None
+    typed = to_typed(paid)
+    assert typed["invoice"]["period_end"] is None
+    apply(service, paid)
+    assert read_states(admin, [user])[user].plan_credits == 500

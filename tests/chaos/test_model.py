@@ -185,6 +185,17 @@ def test_a_stale_plan_state_does_not_undo_a_newer_change():
     assert state(events).plan_credits == 1000
 
 
+def test_a_plan_change_made_while_a_renewal_was_unpaid_stays_the_period_plan():
+    # The invoice was billed (created) at T0, the plan changed at T0 + 100, the retry
+    # paid it at T0 + 200: the line is as old as the invoice, so the change is newer.
+    retried = invoice("invoice.paid", T0 + 200)
+    retried["invoice"]["created"] = T0
+    change = subscription(
+        "updated", T0 + 100, "past_due", "price_pro", previous={"price_id": "price_basic"}
+    )
+    assert state([change, retried]).plan_credits == 5000
+
+
 def test_a_failed_invoice_grants_nothing_and_marks_the_subscription_past_due():
     events = [
         subscription("created", T0, "active"),

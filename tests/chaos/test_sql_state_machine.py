@@ -43,10 +43,11 @@ from scripts.simulation.database import (
     read_catalog,
     read_states,
 )
+from scripts.simulation.known_gaps import proration_invoice_for_unknown_subscription
 from scripts.simulation.model import expected_states
 from scripts.simulation.stories import CustomerLife
 from scripts.simulation.typed import to_typed
-from tests.chaos.conftest import PRICES, is_known_proration_gap
+from tests.chaos.conftest import PRICES
 
 CUSTOMERS_PER_EXAMPLE = 2
 FIRST_OUTCOMES = {"applied", "parked", "rejected"}
@@ -138,7 +139,7 @@ class DeliveryMachine(RuleBasedStateMachine):
             answer = self.apply(typed)
         except psycopg.errors.NotNullViolation as error:
             # The known engine gap: not recorded, Stripe redelivers it later.
-            assert is_known_proration_gap(typed, error.sqlstate), error
+            assert proration_invoice_for_unknown_subscription(typed, error.sqlstate), error
             note(f"deliver {describe(event)} -> 23502 (known gap), stays pending")
             return
         note(f"deliver {describe(event)} -> {answer['status']}")
