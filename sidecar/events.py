@@ -393,6 +393,7 @@ def read_invoice(env: Envelope) -> JSON:
             _ref(obj.get("subscription"), f"{p}.subscription"),
             next((ln.subscription_id for ln in lines if ln.subscription_id), None),
         ),
+        "created": _int(obj.get("created"), f"{p}.created"),
         "status": _required_text(obj.get("status"), f"{p}.status", MAX_SHORT_TEXT),
         "billing_reason": _text(obj.get("billing_reason"), f"{p}.billing_reason", MAX_SHORT_TEXT),
         "amount_paid": _required_int(obj.get("amount_paid"), f"{p}.amount_paid"),

@@ -295,18 +295,24 @@ def invoice_event(
     payment_intent_id: str | None = None,
     event_id: str | None = None,
     created: int | None = None,
+    invoice_created: int | None = None,
     layout: str = "basil",
 ) -> dict[str, Any]:
     """Any `invoice.*` event, every typed field settable.
 
     `charge_id` and `payment_intent_id` exist on legacy invoices only; the
     builder forces them to null for the basil layout, as the sidecar does.
+    `invoice_created` (when the invoice was billed) defaults to the period
+    start, as for Stripe's renewal invoices, else to the event's `created`.
     """
     invoice_id = invoice_id or new_id("in")
     if layout == "basil":
         charge_id = payment_intent_id = None
+    if invoice_created is None:
+        invoice_created = period_start if period_start is not None else created
     typed = {
         "id": invoice_id,
+        "created": invoice_created,
         "customer_id": customer_id,
         "subscription_id": subscription_id,
         "status": status,
@@ -366,6 +372,7 @@ def _raw_invoice(typed: dict[str, Any], layout: str) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "id": typed["id"],
         "object": "invoice",
+        "created": typed["created"],
         "customer": typed["customer_id"],
         "status": typed["status"],
         "billing_reason": typed["billing_reason"],

@@ -107,9 +107,12 @@ def test_period_allowance_follows_the_newest_plan_whatever_the_arrival_order(
 def test_an_older_subscription_state_does_not_override_a_newer_invoice_plan(
     engine, buyer, invoice_first
 ):
+    # The invoice was billed (created) after the update: its line is newer.
     sub = buyer.subscription("starter")
     stale = sub.updated(period=0, plan="starter", created=te.at(0, 5))
-    invoice = sub.invoice_paid(period=0, plan="pro", created=te.at(0, 60))
+    invoice = sub.invoice_paid(
+        period=0, plan="pro", created=te.at(0, 60), invoice_created=te.at(0, 30)
+    )
     engine.apply_all(*([invoice, stale] if invoice_first else [stale, invoice]))
     assert engine.credits(buyer.user_id) == (5000, 0)
 
