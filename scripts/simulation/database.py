@@ -98,21 +98,6 @@ def differences(
     }
 
 
-def clawback_shortfalls(conn: psycopg.Connection, user_ids: Iterable[str]) -> dict[str, int]:
-    """Credits refunds and disputes could not take back because they were spent, per user.
-
-    A spend reversed after such a clawback returns credits the clawback could
-    not take (see docs/reliability.md, "Findings"), so with spends in between
-    a user's add-on credits can exceed the no-spend model by at most this much.
-    """
-    rows = conn.execute(
-        "select user_id::text, sum(shortfall) from tally.ledger_entries"
-        " where user_id = any(%s::uuid[]) group by user_id",
-        (list(user_ids),),
-    ).fetchall()
-    return {user: int(total) for user, total in rows}
-
-
 @dataclass(frozen=True)
 class PaidFacts:
     """What the delivered events actually paid for, per user (from typed events)."""

@@ -26,10 +26,6 @@ from scripts.simulation.database import (
     read_catalog,
     read_states,
 )
-from scripts.simulation.known_gaps import (
-    period_paid_without_an_end,
-    proration_invoice_for_unknown_subscription,
-)
 from scripts.simulation.model import expected_states
 from scripts.stripe_events import encode, sign
 from sidecar.app import create_app
@@ -67,9 +63,8 @@ def ledger_rows(admin) -> int:
 
 
 async def send_isolated_cases(client, admin, cases, rng) -> tuple[list[str], list[dict[str, Any]]]:
-    """Each (event, path, value) in a world of its own; the users to check and the accepted
-    typed events. Users whose case is a known engine gap (known_gaps.py) are left out."""
-    users, accepted, tolerated = [], [], set()
+    """Each (event, path, value) in a world of its own; the users and accepted typed events."""
+    users, accepted = [], []
     prepared = []
     for event, path, value in cases:
         user = hostile.new_user_id(rng)
@@ -78,22 +73,18 @@ async def send_isolated_cases(client, admin, cases, rng) -> tuple[list[str], lis
         users.append(user)
     create_users(admin, users)
     before = stored_events(admin)
-    for user, mutated in prepared:
+    for _user, mutated in prepared:
         typed = hostile.accepted_typed(mutated)
         status, text = await post(client, encode(mutated))
         if typed is None:
             assert status in (200, 400), text
             assert status == 400 or json.loads(text)["status"] == "ignored", text
             continue
-        if status == 400 and proration_invoice_for_unknown_subscription(typed, text[-8:-3]):
-            continue  # known engine gap: refused, nothing stored
         assert status == 200, text
         accepted.append(typed)
-        if period_paid_without_an_end(typed):
-            tolerated.add(user)  # known engine gap: granted although engine.md says not
     # An injected event id can repeat across cases: a repeat is a duplicate, stored once.
     assert stored_events(admin) == before + len({typed["id"] for typed in accepted})
-    return [user for user in users if user not in tolerated], accepted
+    return users, accepted
 
 
 def assert_grants_match_the_model(admin, users, accepted) -> None:

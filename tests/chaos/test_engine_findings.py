@@ -1,15 +1,14 @@
-"""Engine behaviour the chaos runs found against the contract, pinned as strict xfails.
+"""What the chaos runs found against the contract, kept as regression tests.
 
-Each test states what SPEC 2/3 asks for. When the engine is fixed the test
-passes, xfail_strict turns that into a failure, and the marker (and the
-allowance it explains in the chaos checks) must be removed.
+Each was a failure of the engine, found by the state machines, the large run
+or the hostile input, reduced to its smallest form (docs/reliability.md,
+"Findings"), and fixed in the engine.
 """
 
 from __future__ import annotations
 
 import uuid
 
-import pytest
 from psycopg.types.json import Jsonb
 
 from scripts.simulation.database import create_users, read_states
@@ -24,11 +23,6 @@ def apply(service, raw: dict) -> dict:
     ).fetchone()[0]
 
 
-@pytest.mark.xfail(
-    reason="engine: a proration-only invoice.paid for a subscription not yet known raises"
-    " 23502 (null user_id in tally.subscriptions); the sidecar answers 400",
-    strict=True,
-)
 def test_a_proration_invoice_arriving_first_is_recorded(admin, service):
     user = str(uuid.uuid4())
     create_users(admin, [user])
@@ -39,11 +33,6 @@ def test_a_proration_invoice_arriving_first_is_recorded(admin, service):
     assert apply(service, proration)["status"] in {"applied", "parked", "rejected"}
 
 
-@pytest.mark.xfail(
-    reason="engine: reverse_spend returns add-on credits a refund clawback could not take"
-    " (its shortfall), so a refunded pack's credits come back",
-    strict=True,
-)
 def test_a_reversed_spend_does_not_bring_back_refunded_credits(admin, service):
     user = str(uuid.uuid4())
     create_users(admin, [user])
@@ -59,11 +48,6 @@ def test_a_reversed_spend_does_not_bring_back_refunded_credits(admin, service):
     assert read_states(admin, [user])[user].addon_credits <= 250
 
 
-@pytest.mark.xfail(
-    reason="engine: an invoice.paid whose subscription line has no period end pays the"
-    " period; docs/engine.md says period_end must be present",
-    strict=True,
-)
 def test_a_line_without_a_period_end_pays_no_period(admin, service):
     user = str(uuid.uuid4())
     create_users(admin, [user])
