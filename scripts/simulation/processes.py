@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from scripts.pg import free_port
 
@@ -57,7 +58,7 @@ class SidecarProcess:
         self.wait_healthy(timeout)
         return self
 
-    def _spawn(self, log) -> subprocess.Popen:
+    def _spawn(self, log: IO[bytes] | int) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "sidecar"],
             cwd=ROOT,

@@ -25,8 +25,8 @@ from scripts.simulation.database import (
     read_catalog,
     read_states,
 )
-from scripts.simulation.delivery import Sender, plan_deliveries
-from scripts.simulation.model import expected_states
+from scripts.simulation.delivery import DeliveryPlan, Sender, plan_deliveries
+from scripts.simulation.model import Catalog, expected_states
 from scripts.simulation.stories import Prices, Story, new_user_ids, write_stories
 from scripts.simulation.typed import typed_events
 
@@ -145,7 +145,7 @@ async def simulate(
     return report
 
 
-def _report_of_plan(seed: int, stories: list[Story], plan) -> Report:
+def _report_of_plan(seed: int, stories: list[Story], plan: DeliveryPlan) -> Report:
     report = Report(seed=seed, customers=len(stories))
     report.events = plan.events
     report.deliveries = len(plan.deliveries)
@@ -159,7 +159,15 @@ def _report_of_plan(seed: int, stories: list[Story], plan) -> Report:
     return report
 
 
-def _check(report: Report, dsn: str, stories: list[Story], catalog, users, *, exact: bool) -> None:
+def _check(
+    report: Report,
+    dsn: str,
+    stories: list[Story],
+    catalog: Catalog,
+    users: list[str],
+    *,
+    exact: bool,
+) -> None:
     typed = typed_events(event for story in stories for event in story.events)
     expected = expected_states(typed, catalog, users)
     owners = {story.customer_id: story.user_id for story in stories}

@@ -42,7 +42,7 @@ from scripts.simulation.database import (
     read_catalog,
     read_states,
 )
-from scripts.simulation.model import expected_states
+from scripts.simulation.model import UserState, expected_states
 from scripts.simulation.stories import CustomerLife
 from scripts.simulation.typed import to_typed
 from tests.chaos.conftest import PRICES
@@ -160,7 +160,7 @@ class DeliveryMachine(RuleBasedStateMachine):
 
     # -- invariants -------------------------------------------------------------------------
 
-    def expected(self):
+    def expected(self) -> dict[str, UserState]:
         return expected_states(self.delivered.values(), self.catalog, self.users)
 
     @invariant()
@@ -217,7 +217,9 @@ class SpendingMachine(DeliveryMachine):
             assert state.addon_credits <= ceiling[user].addon_credits, (user, state, ceiling[user])
 
 
-def bind(machine: type[DeliveryMachine], admin, service) -> type[DeliveryMachine]:
+def bind(
+    machine: type[DeliveryMachine], admin: psycopg.Connection, service: psycopg.Connection
+) -> type[DeliveryMachine]:
     return type(machine.__name__, (machine,), {"admin": admin, "service": service})
 
 
