@@ -223,7 +223,7 @@ def bind(
     return type(machine.__name__, (machine,), {"admin": admin, "service": service})
 
 
-@pytest.mark.parametrize(("examples", "steps"), [(60, 40)])
+@pytest.mark.parametrize(("examples", "steps"), [(80, 45)])
 def test_any_delivery_order_with_duplicates_ends_where_the_model_says(
     admin, service, examples, steps
 ):
@@ -234,5 +234,5 @@ def test_any_delivery_order_with_duplicates_ends_where_the_model_says(
 
 def test_spends_interleaved_with_deliveries_never_break_the_ledger(admin, service):
     run_state_machine_as_test(
-        bind(SpendingMachine, admin, service), settings=machine_settings(40, 40)
+        bind(SpendingMachine, admin, service), settings=machine_settings(50, 45)
     )
