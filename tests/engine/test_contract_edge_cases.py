@@ -109,3 +109,41 @@ def test_an_upgrade_while_the_renewal_is_unpaid_keeps_the_new_plan_when_it_is_pa
     engine.apply(sub.invoice_paid(period=1, plan="starter", created=te.at(1, 3 * te.DAY)))
     balance = engine.balance(buyer.user_id)
     assert (balance["plan_credits"], balance["plan_key"]) == (5000, "pro")
+
+
+@pytest.mark.parametrize("deleted_last", [True, False], ids=["deleted-last", "deleted-first"])
+def test_a_withdrawn_period_gives_back_the_earlier_periods_plan_whatever_the_order(
+    engine, make_user, deleted_last
+):
+    # The subscription ended a minute before the second period started, so
+    # only the first (pro) period counts, whether the deletion arrives
+    # before or after the second period's invoice.
+    buyer = te.Buyer.new(make_user())
+    sub = buyer.subscription("pro")
+    first = sub.invoice_paid(period=0, plan="pro")
+    second = sub.invoice_paid(period=1, plan="starter", created=te.at(1, 5))
+    deleted = sub.deleted(period=0, ended_at=te.at(1) - 60, created=te.at(1) - 60)
+    order = [first, second, deleted] if deleted_last else [deleted, first, second]
+    engine.apply_all(*order)
+    assert engine.credits(buyer.user_id) == (5000, 0)
+
+
+def test_a_withdrawn_period_keeps_counting_what_was_spent_in_the_earlier_one(engine, make_user):
+    buyer = te.Buyer.new(make_user())
+    sub = buyer.subscription("pro")
+    engine.apply(sub.invoice_paid(period=0, plan="pro"))
+    engine.spend(buyer.user_id, 1200)
+    engine.apply(sub.invoice_paid(period=1, plan="starter", created=te.at(1, 5)))
+    engine.spend(buyer.user_id, 100)
+    engine.apply(sub.deleted(period=0, ended_at=te.at(1) - 60, created=te.at(1) - 60))
+    assert engine.credits(buyer.user_id) == (5000 - 1200 - 100, 0)
+
+
+def test_a_rejected_event_keeps_the_user_it_names(engine, db, buyer):
+    event = buyer.subscription("starter").invoice_paid(plan="starter")
+    event["invoice"]["price_id"] = "price_nowhere_fake"
+    assert engine.apply(event)["status"] == "rejected"
+    row = db.execute(
+        "select user_id from tally.stripe_events where event_id = %s", (event["id"],)
+    ).fetchone()
+    assert str(row["user_id"]) == str(buyer.user_id)
