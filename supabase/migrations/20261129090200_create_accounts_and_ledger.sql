@@ -25,7 +25,10 @@ create table tally.accounts (
   current_period_end timestamptz,
   cancel_at_period_end boolean not null default false,
   created_at timestamptz not null default now(),
-  updated_at timestamptz not null default now()
+  updated_at timestamptz not null default now(),
+  -- Add-on credits clawed back but already spent (clawback shortfalls),
+  -- collected first from add-on credits a reversed spend gives back.
+  addon_debt integer not null default 0 check (addon_debt >= 0)
 );
 
 alter table tally.accounts enable row level security;

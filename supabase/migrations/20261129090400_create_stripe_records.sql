@@ -54,32 +54,61 @@ create table tally.subscriptions (
   canceled_at timestamptz,
   ended_at timestamptz,
   subscription_created_at timestamptz,
-  -- The subscription event the fields above come from, so they only move
-  -- forward ('-infinity' while only invoices have been seen).
+  -- Stripe created of the observations the fields and the status come from
+  -- ('-infinity' while only invoices named the subscription).
   state_created_at timestamptz not null,
-  state_event_id text not null,
-  state_previous jsonb,
-  -- Status moves forward on its own clock: invoices observe it too (a
-  -- failed renewal makes it past_due, a paid one active again).
   status_observed_at timestamptz not null,
-  status_source text not null check (status_source in ('subscription', 'invoice')),
-  status_event_id text not null,
   updated_at timestamptz not null default now()
 );
 
 create index subscriptions_user_id_idx on tally.subscriptions (user_id);
 
--- The newest known plan of each subscription period, from the invoice that
--- paid it and every subscription state that names it.
+-- Every subscription event and every invoice of a subscription, as
+-- observed. The mirror above and each period's plan are folded from these
+-- (20261129090700), so they depend on the set of events, not their order.
+create table tally.subscription_observations (
+  subscription_id text not null,
+  stripe_event_id text not null,
+  user_id uuid not null,
+  source text not null check (source in ('subscription', 'invoice')),
+  observed_at timestamptz not null,
+  customer_id text,
+  -- Subscription events: the state they announce and the state they left.
+  status text,
+  previous jsonb,
+  cancel_at_period_end boolean,
+  canceled_at timestamptz,
+  ended_at timestamptz,
+  subscription_created_at timestamptz,
+  -- Both: the plan and period (invoices: of their non-proration line).
+  price_id text,
+  current_period_start timestamptz,
+  current_period_end timestamptz,
+  -- Invoices: how the payment went, what paid it (legacy layout), and when
+  -- the invoice and so its line were created.
+  is_paid boolean,
+  billing_reason text,
+  charge_id text,
+  payment_intent_id text,
+  line_observed_at timestamptz,
+  primary key (subscription_id, stripe_event_id)
+);
+
+create index subscription_observations_order_idx
+  on tally.subscription_observations (subscription_id, observed_at);
+create index subscription_observations_period_idx
+  on tally.subscription_observations (subscription_id, current_period_start);
+create index subscription_observations_charge_idx
+  on tally.subscription_observations (charge_id) where charge_id is not null;
+create index subscription_observations_payment_intent_idx
+  on tally.subscription_observations (payment_intent_id) where payment_intent_id is not null;
+
+-- The plan of each subscription period, folded from the observations.
 create table tally.period_plans (
   subscription_id text not null,
   period_start timestamptz not null,
   user_id uuid not null,
   price_id text not null,
-  previous_price_id text,
-  source_created_at timestamptz not null,
-  source_rank smallint not null,
-  source_event_id text not null,
   primary key (subscription_id, period_start)
 );
 
@@ -92,6 +121,8 @@ create table tally.paid_periods (
   invoice_id text not null,
   stripe_event_id text not null,
   paid_at timestamptz not null default now(),
+  -- Plan credits spent in this period, recorded when the account moves on.
+  plan_spent integer not null default 0 check (plan_spent >= 0),
   primary key (subscription_id, period_start)
 );
 
@@ -165,13 +196,14 @@ create table tally.operator_reviews (
 );
 
 revoke all on table tally.stripe_events, tally.customers, tally.subscriptions,
-  tally.period_plans, tally.paid_periods, tally.pack_purchases, tally.charge_refunds,
+  tally.subscription_observations, tally.period_plans, tally.paid_periods, tally.pack_purchases, tally.charge_refunds,
   tally.disputes, tally.operator_reviews
   from public, anon, authenticated;
 
 alter table tally.stripe_events enable row level security;
 alter table tally.customers enable row level security;
 alter table tally.subscriptions enable row level security;
+alter table tally.subscription_observations enable row level security;
 alter table tally.period_plans enable row level security;
 alter table tally.paid_periods enable row level security;
 alter table tally.pack_purchases enable row level security;

@@ -1,9 +1,10 @@
 -- The typed event that public.apply_stripe_event accepts, and its strict
 -- validation. The shape is defined once, in schema/typed_event.schema.json
--- (the sidecar validates its normaliser against the same file); this
--- migration stores that schema and validates events against it with a
--- small interpreter of the JSON Schema keywords it uses. A test keeps the
--- stored copy equal to the file.
+-- (the sidecar checks its normaliser against the same file); this migration
+-- stores that schema and unfolds it into a table of fields, so an event is
+-- checked with one set-based query per object. A test keeps the stored copy
+-- equal to the file. Integral numbers such as 5.0 count as integers, as in
+-- JSON Schema.
 
 create table tally.typed_event_schemas (
   version integer primary key,
@@ -309,6 +310,15 @@ insert into tally.typed_event_schemas (version, schema) values (1, $schema${
           "minLength": 1,
           "maxLength": 255,
           "description": "legacy layout only"
+        },
+        "created": {
+          "type": [
+            "integer",
+            "null"
+          ],
+          "minimum": 0,
+          "maximum": 253402300799,
+          "description": "the invoice's own created (when its lines were billed); orders its line against plan changes. Optional: the event's created stands in."
         }
       },
       "required": [
@@ -828,99 +838,154 @@ insert into tally.typed_event_schemas (version, schema) values (1, $schema${
   ]
 }$schema$);
 
--- Null when value matches schema, else the first problem found, with its path.
--- Supports: type, enum, const, required, properties, additionalProperties
--- (false), minLength, maxLength, minimum, maximum, allOf, anyOf, not, if/then.
-create function tally.json_schema_problem(p_value jsonb, p_schema jsonb, p_path text)
-returns text
-language plpgsql
-immutable
+-- One row per field of each object kind: 'event' (the envelope), each
+-- object key ('invoice', ...), and 'subscription.previous'.
+create table tally.typed_event_fields (
+  object_kind text not null,
+  field text not null,
+  json_types text[] not null,
+  is_required boolean not null,
+  allowed jsonb,
+  min_length integer,
+  max_length integer,
+  minimum numeric,
+  maximum numeric,
+  primary key (object_kind, field)
+);
+
+-- Which object key each event type carries.
+create table tally.typed_event_objects (
+  event_type text primary key,
+  object_key text not null
+);
+
+create index typed_event_objects_object_key_idx on tally.typed_event_objects (object_key);
+
+alter table tally.typed_event_fields enable row level security;
+alter table tally.typed_event_objects enable row level security;
+revoke all on table tally.typed_event_fields, tally.typed_event_objects
+  from public, anon, authenticated;
+
+create function tally.unfold_schema_object(p_kind text, p_object_schema jsonb) returns void
+language sql
 set search_path = ''
 as $$
-declare
-  v_type text := jsonb_typeof(p_value);
-  v_types jsonb;
-  v_key text;
-  v_sub jsonb;
-  v_problem text;
-begin
-  if p_schema ? 'type' then
-    v_types := case jsonb_typeof(p_schema -> 'type')
-                 when 'array' then p_schema -> 'type'
-                 else jsonb_build_array(p_schema -> 'type') end;
-    if not (v_types ? v_type
-            or (v_type = 'number' and v_types ? 'integer' and p_value::text !~ '[.eE]')) then
-      return format('%s: expected %s, got %s', p_path, v_types #>> '{}', v_type);
-    end if;
-  end if;
-  if p_schema ? 'const' and p_value is distinct from p_schema -> 'const' then
-    return format('%s: must be %s', p_path, p_schema -> 'const');
-  end if;
-  if p_schema ? 'enum' and not (p_schema -> 'enum') @> jsonb_build_array(p_value) then
-    return format('%s: %s is not one of %s', p_path, left(p_value::text, 80), p_schema -> 'enum');
-  end if;
-  if v_type = 'string' then
-    if length(p_value #>> '{}') < coalesce((p_schema ->> 'minLength')::integer, 0)
-       or length(p_value #>> '{}') > coalesce((p_schema ->> 'maxLength')::integer, 2147483647) then
-      return format('%s: length out of range', p_path);
-    end if;
-  elsif v_type = 'number'
-        and ((p_value #>> '{}')::numeric < (p_schema ->> 'minimum')::numeric
-             or (p_value #>> '{}')::numeric > (p_schema ->> 'maximum')::numeric) then
-    return format('%s: out of range', p_path);
-  elsif v_type = 'object' then
-    for v_key in select jsonb_array_elements_text(coalesce(p_schema -> 'required', '[]')) loop
-      if not p_value ? v_key then
-        return format('%s.%s: required', p_path, v_key);
-      end if;
-    end loop;
-    for v_key, v_sub in select key, value from jsonb_each(p_value) loop
-      if p_schema -> 'properties' ? v_key then
-        v_problem := tally.json_schema_problem(v_sub, p_schema -> 'properties' -> v_key,
-                                               p_path || '.' || v_key);
-        if v_problem is not null then
-          return v_problem;
-        end if;
-      elsif p_schema -> 'additionalProperties' = 'false'::jsonb then
-        return format('%s.%s: unexpected field', p_path, left(v_key, 80));
-      end if;
-    end loop;
-  end if;
-  for v_sub in select jsonb_array_elements(coalesce(p_schema -> 'allOf', '[]')) loop
-    v_problem := tally.json_schema_problem(p_value, v_sub, p_path);
-    if v_problem is not null then
-      return v_problem;
-    end if;
-  end loop;
-  if p_schema ? 'anyOf' and not exists (
-       select 1 from jsonb_array_elements(p_schema -> 'anyOf') as alternative (s)
-        where tally.json_schema_problem(p_value, alternative.s, p_path) is null) then
-    return format('%s: matches none of the alternatives', p_path);
-  end if;
-  if p_schema ? 'not' and tally.json_schema_problem(p_value, p_schema -> 'not', p_path) is null then
-    return format('%s: matches a forbidden shape', p_path);
-  end if;
-  if p_schema ? 'if' and p_schema ? 'then'
-     and tally.json_schema_problem(p_value, p_schema -> 'if', p_path) is null then
-    return tally.json_schema_problem(p_value, p_schema -> 'then', p_path);
-  end if;
-  return null;
-end;
+  insert into tally.typed_event_fields (object_kind, field, json_types, is_required, allowed,
+                                        min_length, max_length, minimum, maximum)
+  select p_kind,
+         property.key,
+         case
+           when property.value ? 'const' then array[jsonb_typeof(property.value -> 'const')]
+           when jsonb_typeof(property.value -> 'type') = 'array'
+             then array(select jsonb_array_elements_text(property.value -> 'type'))
+           when property.value ? 'type' then array[property.value ->> 'type']
+           else array(select distinct jsonb_typeof(v)
+                        from jsonb_array_elements(property.value -> 'enum') as v)
+         end,
+         coalesce(p_object_schema -> 'required', '[]'::jsonb) ? property.key,
+         coalesce(property.value -> 'enum',
+                  case when property.value ? 'const'
+                       then jsonb_build_array(property.value -> 'const') end),
+         (property.value ->> 'minLength')::integer,
+         (property.value ->> 'maxLength')::integer,
+         (property.value ->> 'minimum')::numeric,
+         (property.value ->> 'maximum')::numeric
+    from jsonb_each(p_object_schema -> 'properties') as property;
 $$;
 
-revoke all on function tally.json_schema_problem(jsonb, jsonb, text) from public, anon, authenticated;
+select tally.unfold_schema_object('event', schema) from tally.typed_event_schemas where version = 1;
+select tally.unfold_schema_object(object.key, object.value)
+  from tally.typed_event_schemas s, jsonb_each(s.schema -> 'properties') as object
+ where s.version = 1 and object.value ? 'properties' and object.value ? 'required';
+select tally.unfold_schema_object('subscription.previous',
+                                  schema -> 'properties' -> 'subscription' -> 'properties'
+                                         -> 'previous')
+  from tally.typed_event_schemas where version = 1;
 
--- Raise 22023 (PostgREST: 400) for an event that is not a valid typed event.
+insert into tally.typed_event_objects (event_type, object_key)
+select event_type, rule -> 'then' -> 'required' ->> 0
+  from tally.typed_event_schemas s,
+       jsonb_array_elements(s.schema -> 'allOf') as rule,
+       jsonb_array_elements_text(rule -> 'if' -> 'properties' -> 'type' -> 'enum') as event_type
+ where s.version = 1;
+
+drop function tally.unfold_schema_object(text, jsonb);
+
+-- The first problem of one object against its fields, or null.
+create function tally.object_problem(p_kind text, p_object jsonb) returns text
+language sql
+stable
+set search_path = ''
+as $$
+  select format('event.%s%s: %s', case when p_kind = 'event' then '' else p_kind || '.' end,
+                coalesce(spec.field, left(given.key, 80)), check_.problem)
+    from (select * from tally.typed_event_fields where object_kind = p_kind) as spec
+    full join jsonb_each(p_object) as given on given.key = spec.field
+    cross join lateral (
+      select case
+        when spec.field is null then 'unexpected field'
+        when given.key is null then
+          case when spec.is_required then 'required' end
+        when not (jsonb_typeof(given.value) = any (spec.json_types)
+                  or (jsonb_typeof(given.value) = 'number' and 'integer' = any (spec.json_types)
+                      and given.value::text::numeric % 1 = 0)) then
+          format('expected %s, got %s', array_to_string(spec.json_types, ' or '),
+                 jsonb_typeof(given.value))
+        when jsonb_typeof(given.value) = 'number'
+             and 'number' <> all (spec.json_types)
+             and given.value::text::numeric % 1 <> 0 then
+          format('expected %s, got number', array_to_string(spec.json_types, ' or '))
+        when spec.allowed is not null and not spec.allowed @> jsonb_build_array(given.value) then
+          format('%s is not one of %s', left(given.value::text, 80), spec.allowed)
+        when jsonb_typeof(given.value) = 'string'
+             and length(given.value #>> '{}') not between coalesce(spec.min_length, 0)
+                                                        and coalesce(spec.max_length, 2147483647)
+          then 'length out of range'
+        when jsonb_typeof(given.value) = 'number'
+             and given.value::text::numeric not between coalesce(spec.minimum, '-infinity')
+                                                    and coalesce(spec.maximum, 'infinity')
+          then 'out of range'
+      end as problem
+    ) as check_
+   where check_.problem is not null
+   order by spec.field nulls first, given.key
+   limit 1;
+$$;
+
+revoke all on function tally.object_problem(text,jsonb)
+  from public, anon, authenticated;
+
 create function tally.validate_typed_event(p_event jsonb) returns void
 language plpgsql
 stable
 set search_path = ''
 as $$
 declare
+  v_object_key text;
   v_problem text;
 begin
-  select tally.json_schema_problem(p_event, schema, 'event') into v_problem
-    from tally.typed_event_schemas where version = 1;
+  if jsonb_typeof(p_event) is distinct from 'object' then
+    v_problem := 'event: expected object, got ' || coalesce(jsonb_typeof(p_event), 'nothing');
+  else
+    v_problem := tally.object_problem('event', p_event);
+  end if;
+  if v_problem is null then
+    select object_key into v_object_key from tally.typed_event_objects
+     where event_type = p_event ->> 'type';
+    if not p_event ? v_object_key then
+      v_problem := format('event.%s: required for %s', v_object_key, p_event ->> 'type');
+    elsif exists (select 1 from jsonb_object_keys(p_event) as given (key)
+                   join tally.typed_event_objects o on o.object_key = given.key
+                  where given.key <> v_object_key) then
+      v_problem := format('event: only %s may accompany %s', v_object_key, p_event ->> 'type');
+    elsif jsonb_typeof(p_event -> v_object_key) = 'object' then
+      v_problem := tally.object_problem(v_object_key, p_event -> v_object_key);
+    end if;
+  end if;
+  if v_problem is null and jsonb_typeof(p_event -> 'subscription' -> 'previous') = 'object' then
+    v_problem := tally.object_problem('subscription.previous',
+                                      p_event -> 'subscription' -> 'previous');
+  end if;
   if v_problem is not null then
     raise exception using
       errcode = '22023',
@@ -930,4 +995,5 @@ begin
 end;
 $$;
 
-revoke all on function tally.validate_typed_event(jsonb) from public, anon, authenticated;
+revoke all on function tally.validate_typed_event(jsonb)
+  from public, anon, authenticated;

@@ -65,6 +65,7 @@ revoke all on function tally.event_payment_intent_id(jsonb) from public, anon, a
 -- tally already knows of the object (subscription, pack payment, charge).
 -- Null means "not yet": the event is parked. Rejects hints that are not a
 -- UUID and users that do not exist.
+-- Legacy invoices also name the charge and payment intent that paid them.
 create function tally.resolve_user(p_event jsonb) returns uuid
 language plpgsql
 stable
@@ -74,7 +75,7 @@ declare
   v_hint text := tally.user_hint(p_event);
   v_customer_id text := tally.event_customer_id(p_event);
   v_payment_intent_id text := tally.event_payment_intent_id(p_event);
-  v_charge_id text := p_event -> 'dispute' ->> 'charge_id';
+  v_charge_id text := coalesce(p_event -> 'dispute' ->> 'charge_id', p_event -> 'charge' ->> 'id');
   v_user_id uuid;
 begin
   if v_hint is not null then
@@ -99,6 +100,17 @@ begin
   if v_user_id is null and v_charge_id is not null then
     select r.user_id into v_user_id from tally.charge_refunds r where r.charge_id = v_charge_id;
   end if;
+  -- A legacy invoice named the charge and payment intent that paid it.
+  if v_user_id is null and v_charge_id is not null then
+    select o.user_id into v_user_id from tally.subscription_observations o
+     where o.charge_id = v_charge_id
+     limit 1;
+  end if;
+  if v_user_id is null and v_payment_intent_id is not null then
+    select o.user_id into v_user_id from tally.subscription_observations o
+     where o.payment_intent_id = v_payment_intent_id
+     limit 1;
+  end if;
   if v_user_id is not null and not exists (select 1 from auth.users u where u.id = v_user_id) then
     perform tally.reject(format('unknown user %s: no such row in auth.users', v_user_id));
   end if;
@@ -118,6 +130,16 @@ as $$
 $$;
 
 revoke all on function tally.lock_customer(text) from public, anon, authenticated;
+
+create function tally.lock_payment_intent(p_payment_intent_id text) returns void
+language sql
+set search_path = ''
+as $$
+  select pg_advisory_xact_lock(hashtextextended('tally.payment_intent:' || p_payment_intent_id, 0));
+$$;
+
+revoke all on function tally.lock_payment_intent(text)
+  from public, anon, authenticated;
 
 -- Re-apply the events parked for a customer or a payment intent, oldest
 -- first. Returns how many were tried.

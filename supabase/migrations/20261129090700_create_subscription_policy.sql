@@ -1,20 +1,35 @@
--- Subscriptions: the mirror that only moves forward, the newest known plan of
--- each period, and the rule that sets plan credits: a newly paid period
--- resets them to its plan's monthly credits; a plan change within the
--- current period gives max(0, new allowance - plan credits spent).
--- Everything here is a function of the set of events seen, not of their
--- order, so any delivery order ends in the same balances.
+-- Subscriptions and the rule that sets plan credits. Every subscription
+-- event and every invoice of a subscription is kept as an observation; the
+-- subscription mirror and each period's plan are folded from all of them in
+-- a canonical order (by Stripe's created; within one second by following
+-- data.previous_attributes from the state before it), so they are a
+-- function of the set of events, never of their arrival order. A newly paid
+-- period resets plan credits to its plan's monthly credits; a plan change
+-- within the current period gives max(0, new allowance - plan credits spent).
 
+-- Whole numbers may arrive as 5.0: read them as such.
 create function tally.to_time(p_seconds jsonb) returns timestamptz
 language sql
 immutable
 set search_path = ''
 as $$
   select case when p_seconds is null or p_seconds = 'null'::jsonb then null
-              else to_timestamp((p_seconds #>> '{}')::bigint) end;
+              else to_timestamp((p_seconds #>> '{}')::numeric) end;
 $$;
 
-revoke all on function tally.to_time(jsonb) from public, anon, authenticated;
+revoke all on function tally.to_time(jsonb)
+  from public, anon, authenticated;
+
+create function tally.to_integer(p_value jsonb) returns integer
+language sql
+immutable
+set search_path = ''
+as $$
+  select (p_value #>> '{}')::numeric::integer;
+$$;
+
+revoke all on function tally.to_integer(jsonb)
+  from public, anon, authenticated;
 
 create function tally.is_final_status(p_status text) returns boolean
 language sql
@@ -24,7 +39,8 @@ as $$
   select p_status in ('canceled', 'incomplete_expired');
 $$;
 
-revoke all on function tally.is_final_status(text) from public, anon, authenticated;
+revoke all on function tally.is_final_status(text)
+  from public, anon, authenticated;
 
 -- Breaks ties between two states of one second by how far along they are.
 create function tally.status_rank(p_status text) returns integer
@@ -37,16 +53,20 @@ as $$
           'incomplete_expired', 'canceled'], p_status);
 $$;
 
-revoke all on function tally.status_rank(text) from public, anon, authenticated;
+revoke all on function tally.status_rank(text)
+  from public, anon, authenticated;
 
--- Did an update whose data.previous_attributes are p_previous leave p_state?
-create function tally.left_state(p_previous jsonb, p_state tally.subscriptions) returns boolean
+-- Did the update whose previous_attributes are p_previous leave this state?
+create function tally.left_state(
+  p_previous jsonb, p_status text, p_state tally.subscription_observations
+) returns boolean
 language sql
 immutable
 set search_path = ''
 as $$
   select p_previous is not null and p_previous <> '{}'::jsonb
-     and (not p_previous ? 'status' or p_previous ->> 'status' = p_state.status)
+     and p_state.subscription_id is not null
+     and (not p_previous ? 'status' or p_previous ->> 'status' = p_status)
      and (not p_previous ? 'price_id'
           or p_previous ->> 'price_id' is not distinct from p_state.price_id)
      and (not p_previous ? 'current_period_start'
@@ -56,215 +76,236 @@ as $$
           or tally.to_time(p_previous -> 'current_period_end')
              is not distinct from p_state.current_period_end)
      and (not p_previous ? 'cancel_at_period_end'
-          or (p_previous ->> 'cancel_at_period_end')::boolean = p_state.cancel_at_period_end);
+          or (p_previous ->> 'cancel_at_period_end')::boolean
+             is not distinct from p_state.cancel_at_period_end);
 $$;
 
-revoke all on function tally.left_state(jsonb, tally.subscriptions) from public, anon, authenticated;
+revoke all on function tally.left_state(jsonb,text,tally.subscription_observations)
+  from public, anon, authenticated;
 
--- Is the candidate subscription state newer than the stored one? Final
--- states win and stay; then Stripe's created; at a tie, the update that left
--- the other state, then the further-along status, then the event id.
-create function tally.is_newer_state(p_candidate tally.subscriptions, p_stored tally.subscriptions)
-returns boolean
-language plpgsql
+-- Which of the same-second updates comes next after p_state: the one that
+-- left it; if none did, one that another of them left (it must come before
+-- that one); then the least far-along status, then the event id.
+create function tally.next_in_second(
+  p_state tally.subscription_observations, p_status text,
+  p_candidates tally.subscription_observations[]
+) returns tally.subscription_observations
+language sql
 immutable
 set search_path = ''
 as $$
-begin
-  if tally.is_final_status(p_candidate.status) <> tally.is_final_status(p_stored.status) then
-    return tally.is_final_status(p_candidate.status);
-  end if;
-  if p_candidate.state_created_at <> p_stored.state_created_at then
-    return p_candidate.state_created_at > p_stored.state_created_at;
-  end if;
-  if tally.left_state(p_candidate.state_previous, p_stored) then
-    return true;
-  end if;
-  if tally.left_state(p_stored.state_previous, p_candidate) then
-    return false;
-  end if;
-  if tally.status_rank(p_candidate.status) <> tally.status_rank(p_stored.status) then
-    return tally.status_rank(p_candidate.status) > tally.status_rank(p_stored.status);
-  end if;
-  return p_candidate.state_event_id > p_stored.state_event_id;
-end;
+  select c
+    from unnest(p_candidates) as c
+   order by tally.left_state(c.previous, p_status, p_state) desc,
+            exists (select 1 from unnest(p_candidates) as other
+                     where other.stripe_event_id <> c.stripe_event_id
+                       and tally.left_state(other.previous, c.status, c)) desc,
+            tally.status_rank(c.status), c.stripe_event_id
+   limit 1;
 $$;
 
-revoke all on function tally.is_newer_state(tally.subscriptions, tally.subscriptions)
+revoke all on function tally.next_in_second(tally.subscription_observations,text,tally.subscription_observations[])
   from public, anon, authenticated;
 
--- Record a subscription event's state in the mirror if it is newer.
-create function tally.observe_subscription(
-  p_user_id uuid, p_subscription jsonb, p_created_at timestamptz, p_event_id text
-) returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_stored tally.subscriptions;
-  v_candidate tally.subscriptions;
-  v_status_is_newer boolean;
-begin
-  v_candidate := row(
-    p_subscription ->> 'id', p_user_id, p_subscription ->> 'customer_id',
-    p_subscription ->> 'status', p_subscription ->> 'price_id',
-    tally.to_time(p_subscription -> 'current_period_start'),
-    tally.to_time(p_subscription -> 'current_period_end'),
-    (p_subscription ->> 'cancel_at_period_end')::boolean,
-    tally.to_time(p_subscription -> 'canceled_at'),
-    tally.to_time(p_subscription -> 'ended_at'),
-    tally.to_time(p_subscription -> 'created'),
-    p_created_at, p_event_id, p_subscription -> 'previous',
-    p_created_at, 'subscription', p_event_id, now()
-  )::tally.subscriptions;
-
-  select * into v_stored from tally.subscriptions
-   where subscription_id = v_candidate.subscription_id
-   for update;
-  if not found then
-    insert into tally.subscriptions select v_candidate.*;
-    return;
-  end if;
-
-  -- The status has its own clock, since invoices observe it too.
-  v_status_is_newer := case
-    when tally.is_final_status(v_stored.status) then
-      tally.is_final_status(v_candidate.status) and tally.is_newer_state(v_candidate, v_stored)
-    when tally.is_final_status(v_candidate.status) then true
-    when p_created_at <> v_stored.status_observed_at then p_created_at > v_stored.status_observed_at
-    when v_stored.status_source = 'invoice' then true
-    else tally.is_newer_state(v_candidate, v_stored)
-  end;
-
-  if tally.is_newer_state(v_candidate, v_stored) then
-    update tally.subscriptions s
-       set user_id = v_candidate.user_id,
-           customer_id = coalesce(v_candidate.customer_id, s.customer_id),
-           price_id = coalesce(v_candidate.price_id, s.price_id),
-           current_period_start = coalesce(v_candidate.current_period_start, s.current_period_start),
-           current_period_end = coalesce(v_candidate.current_period_end, s.current_period_end),
-           cancel_at_period_end = v_candidate.cancel_at_period_end,
-           canceled_at = v_candidate.canceled_at,
-           ended_at = v_candidate.ended_at,
-           subscription_created_at = coalesce(v_candidate.subscription_created_at,
-                                              s.subscription_created_at),
-           state_created_at = v_candidate.state_created_at,
-           state_event_id = v_candidate.state_event_id,
-           state_previous = v_candidate.state_previous,
-           updated_at = now()
-     where s.subscription_id = v_candidate.subscription_id;
-  end if;
-  if v_status_is_newer then
-    update tally.subscriptions s
-       set status = v_candidate.status,
-           status_observed_at = p_created_at,
-           status_source = 'subscription',
-           status_event_id = p_event_id,
-           updated_at = now()
-     where s.subscription_id = v_candidate.subscription_id;
-  end if;
-end;
-$$;
-
-revoke all on function tally.observe_subscription(uuid, jsonb, timestamptz, text)
-  from public, anon, authenticated;
-
--- What an invoice says about its subscription's status: a paid one
--- completes or recovers it, a failed one makes it past_due (or leaves a
--- first payment incomplete). Only a strictly newer observation counts.
-create function tally.observe_invoice(
-  p_user_id uuid, p_invoice jsonb, p_is_paid boolean, p_created_at timestamptz, p_event_id text
-) returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_stored tally.subscriptions;
-  v_status text;
-begin
-  select * into v_stored from tally.subscriptions
-   where subscription_id = p_invoice ->> 'subscription_id'
-   for update;
-  if not found then
-    v_status := case
-      when p_is_paid then 'active'
-      when p_invoice ->> 'billing_reason' = 'subscription_create' then 'incomplete'
-      else 'past_due' end;
-    insert into tally.subscriptions (
-      subscription_id, user_id, customer_id, status, price_id,
-      current_period_start, current_period_end,
-      state_created_at, state_event_id,
-      status_observed_at, status_source, status_event_id
-    ) values (
-      p_invoice ->> 'subscription_id', p_user_id, p_invoice ->> 'customer_id', v_status,
-      p_invoice ->> 'price_id',
-      tally.to_time(p_invoice -> 'period_start'), tally.to_time(p_invoice -> 'period_end'),
-      '-infinity', p_event_id,
-      p_created_at, 'invoice', p_event_id
-    );
-    return;
-  end if;
-
-  if tally.is_final_status(v_stored.status)
-     or p_created_at < v_stored.status_observed_at
-     or (p_created_at = v_stored.status_observed_at
-         and (v_stored.status_source = 'subscription' or p_event_id <= v_stored.status_event_id))
-  then
-    return;
-  end if;
-  v_status := case
-    when p_is_paid and v_stored.status in ('incomplete', 'past_due', 'unpaid') then 'active'
-    when not p_is_paid and v_stored.status in ('active', 'trialing') then 'past_due'
-    else v_stored.status end;
-  update tally.subscriptions
-     set status = v_status,
-         status_observed_at = p_created_at,
-         status_source = 'invoice',
-         status_event_id = p_event_id,
-         updated_at = now()
-   where subscription_id = v_stored.subscription_id;
-end;
-$$;
-
-revoke all on function tally.observe_invoice(uuid, jsonb, boolean, timestamptz, text)
-  from public, anon, authenticated;
-
--- Remember a plan for a period if this observation is the newest for it:
--- later Stripe created wins; at a tie a subscription state (rank 1) beats an
--- invoice (rank 0), then the update that left the other's price, then the
--- event id.
-create function tally.record_period_plan(
-  p_subscription_id text, p_period_start timestamptz, p_user_id uuid, p_price_id text,
-  p_previous_price_id text, p_created_at timestamptz, p_rank smallint, p_event_id text
-) returns void
+-- What a paid or failed invoice does to a subscription's status.
+create function tally.status_after_invoice(
+  p_status text, p_is_paid boolean, p_billing_reason text
+) returns text
 language sql
+immutable
 set search_path = ''
 as $$
-  insert into tally.period_plans as p (
-    subscription_id, period_start, user_id, price_id, previous_price_id,
-    source_created_at, source_rank, source_event_id
-  ) values (
-    p_subscription_id, p_period_start, p_user_id, p_price_id, p_previous_price_id,
-    p_created_at, p_rank, p_event_id
-  )
-  on conflict (subscription_id, period_start) do update
-     set price_id = excluded.price_id,
-         previous_price_id = excluded.previous_price_id,
-         source_created_at = excluded.source_created_at,
-         source_rank = excluded.source_rank,
-         source_event_id = excluded.source_event_id
-   where (excluded.source_created_at, excluded.source_rank)
-           > (p.source_created_at, p.source_rank)
-      or ((excluded.source_created_at, excluded.source_rank)
-            = (p.source_created_at, p.source_rank)
-          and ((excluded.previous_price_id = p.price_id and excluded.price_id <> p.price_id)
-               or (not coalesce(p.previous_price_id = excluded.price_id
-                                and p.price_id <> excluded.price_id, false)
-                   and excluded.source_event_id > p.source_event_id)));
+  select case
+    when p_status is null and p_is_paid then 'active'
+    when p_status is null and p_billing_reason = 'subscription_create' then 'incomplete'
+    when p_status is null then 'past_due'
+    when p_is_paid and p_status in ('incomplete', 'past_due', 'unpaid') then 'active'
+    when not p_is_paid and p_status in ('active', 'trialing') then 'past_due'
+    else p_status
+  end;
 $$;
 
-revoke all on function
-  tally.record_period_plan(text, timestamptz, uuid, text, text, timestamptz, smallint, text)
+revoke all on function tally.status_after_invoice(text,boolean,text)
+  from public, anon, authenticated;
+
+-- Fold a subscription's observations into its mirror row. Within a second,
+-- subscription events go first (chained by previous_attributes), then the
+-- invoices' payment results. Once canceled, nothing un-cancels it.
+create function tally.resolve_subscription(p_subscription_id text) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_second timestamptz;
+  v_pending tally.subscription_observations[];
+  v_next tally.subscription_observations;
+  v_invoice tally.subscription_observations;
+  v_state tally.subscription_observations;
+  v_fields tally.subscription_observations;
+  v_status text;
+  v_status_at timestamptz;
+begin
+  for v_second in
+    select distinct o.observed_at from tally.subscription_observations o
+     where o.subscription_id = p_subscription_id
+     order by 1
+  loop
+    select array_agg(o) into v_pending from tally.subscription_observations o
+     where o.subscription_id = p_subscription_id and o.observed_at = v_second
+       and o.source = 'subscription';
+    while coalesce(cardinality(v_pending), 0) > 0 loop
+      v_next := tally.next_in_second(v_state, v_status, v_pending);
+      v_pending := array(select c from unnest(v_pending) as c
+                          where c.stripe_event_id <> v_next.stripe_event_id);
+      if not coalesce(tally.is_final_status(v_status), false)
+         or tally.is_final_status(v_next.status) then
+        v_state := v_next;
+        v_status := v_next.status;
+        v_status_at := v_second;
+      end if;
+    end loop;
+    for v_invoice in
+      select * from tally.subscription_observations o
+       where o.subscription_id = p_subscription_id and o.observed_at = v_second
+         and o.source = 'invoice'
+       order by o.stripe_event_id
+    loop
+      if not coalesce(tally.is_final_status(v_status), false) then
+        v_status := tally.status_after_invoice(v_status, v_invoice.is_paid,
+                                               v_invoice.billing_reason);
+        v_status_at := v_second;
+      end if;
+    end loop;
+  end loop;
+  if v_status is null then
+    return;
+  end if;
+
+  -- Fields come from subscription events; with none yet, from the newest
+  -- invoice line, else the newest invoice.
+  if v_state.subscription_id is not null then
+    v_fields := v_state;
+  else
+    select * into v_fields from tally.subscription_observations o
+     where o.subscription_id = p_subscription_id
+     order by (o.price_id is not null) desc, o.observed_at desc, o.stripe_event_id desc
+     limit 1;
+  end if;
+  insert into tally.subscriptions as s (
+    subscription_id, user_id, customer_id, status, price_id, current_period_start,
+    current_period_end, cancel_at_period_end, canceled_at, ended_at, subscription_created_at,
+    state_created_at, status_observed_at, updated_at
+  ) values (
+    p_subscription_id, v_fields.user_id, v_fields.customer_id, v_status, v_fields.price_id,
+    v_fields.current_period_start, v_fields.current_period_end,
+    coalesce(v_fields.cancel_at_period_end, false), v_fields.canceled_at, v_fields.ended_at,
+    v_fields.subscription_created_at, coalesce(v_state.observed_at, '-infinity'), v_status_at,
+    now()
+  )
+  on conflict (subscription_id) do update
+     set user_id = excluded.user_id,
+         customer_id = coalesce(excluded.customer_id, s.customer_id),
+         status = excluded.status,
+         price_id = excluded.price_id,
+         current_period_start = excluded.current_period_start,
+         current_period_end = excluded.current_period_end,
+         cancel_at_period_end = excluded.cancel_at_period_end,
+         canceled_at = excluded.canceled_at,
+         ended_at = excluded.ended_at,
+         subscription_created_at = coalesce(excluded.subscription_created_at,
+                                            s.subscription_created_at),
+         state_created_at = excluded.state_created_at,
+         status_observed_at = excluded.status_observed_at,
+         updated_at = now();
+end;
+$$;
+
+revoke all on function tally.resolve_subscription(text)
+  from public, anon, authenticated;
+
+-- Fold the observations that name a period into its plan: by time, an
+-- invoice line dated by the invoice's own created (it was billed from the
+-- state of that moment), a subscription event by the event's created;
+-- within a second the invoice line first, then the updates, each next one
+-- being the update that left the price reached so far.
+create function tally.resolve_period_plan(
+  p_subscription_id text, p_period_start timestamptz, p_user_id uuid
+) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_second timestamptz;
+  v_price_id text;
+  v_pending tally.subscription_observations[];
+  v_next tally.subscription_observations;
+  v_observations tally.subscription_observations[];
+begin
+  select array_agg(o) into v_observations from tally.subscription_observations o
+   where o.subscription_id = p_subscription_id and o.current_period_start = p_period_start
+     and o.price_id is not null;
+  for v_second in
+    select distinct coalesce(o.line_observed_at, o.observed_at) from unnest(v_observations) o
+     order by 1
+  loop
+    select coalesce(
+             (select o.price_id from unnest(v_observations) o
+               where o.source = 'invoice'
+                 and coalesce(o.line_observed_at, o.observed_at) = v_second
+               order by o.stripe_event_id desc
+               limit 1),
+             v_price_id)
+      into v_price_id;
+    v_pending := array(select o from unnest(v_observations) o
+                        where o.source = 'subscription' and o.observed_at = v_second);
+    while coalesce(cardinality(v_pending), 0) > 0 loop
+      select c.* into v_next from unnest(v_pending) as c
+       order by coalesce(c.previous ->> 'price_id' = v_price_id and c.price_id <> v_price_id,
+                         false) desc,
+                exists (select 1 from unnest(v_pending) as other
+                         where other.stripe_event_id <> c.stripe_event_id
+                           and other.previous ->> 'price_id' = c.price_id
+                           and other.price_id <> c.price_id) desc,
+                c.stripe_event_id
+       limit 1;
+      v_pending := array(select c from unnest(v_pending) as c
+                          where c.stripe_event_id <> v_next.stripe_event_id);
+      v_price_id := v_next.price_id;
+    end loop;
+  end loop;
+  if v_price_id is null then
+    return;
+  end if;
+  insert into tally.period_plans (subscription_id, period_start, user_id, price_id)
+  values (p_subscription_id, p_period_start, p_user_id, v_price_id)
+  on conflict (subscription_id, period_start) do update set price_id = excluded.price_id;
+end;
+$$;
+
+revoke all on function tally.resolve_period_plan(text,timestamp with time zone,uuid)
+  from public, anon, authenticated;
+
+-- Record what an event says about its subscription, then re-fold the
+-- mirror and the plan of the period it names.
+create function tally.observe(
+  p_observation tally.subscription_observations
+) returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  insert into tally.subscription_observations select p_observation.*
+  on conflict do nothing;
+  perform tally.resolve_subscription(p_observation.subscription_id);
+  if p_observation.price_id is not null and p_observation.current_period_start is not null then
+    perform tally.resolve_period_plan(p_observation.subscription_id,
+                                      p_observation.current_period_start,
+                                      p_observation.user_id);
+  end if;
+end;
+$$;
+
+revoke all on function tally.observe(tally.subscription_observations)
   from public, anon, authenticated;
 
 -- Monthly credits of the newest known plan of a period (null if unknown).
@@ -280,11 +321,13 @@ as $$
    where pp.subscription_id = p_subscription_id and pp.period_start = p_period_start;
 $$;
 
-revoke all on function tally.period_allowance(text, timestamptz) from public, anon, authenticated;
+revoke all on function tally.period_allowance(text,timestamp with time zone)
+  from public, anon, authenticated;
 
 -- When a subscription stops earning periods: periods that start at or after
 -- it are never granted.
-create function tally.subscription_end(p_subscription tally.subscriptions) returns timestamptz
+create function tally.subscription_end(p_subscription tally.subscriptions)
+returns timestamptz
 language sql
 immutable
 set search_path = ''
@@ -295,10 +338,32 @@ as $$
          end;
 $$;
 
-revoke all on function tally.subscription_end(tally.subscriptions) from public, anon, authenticated;
+revoke all on function tally.subscription_end(tally.subscriptions)
+  from public, anon, authenticated;
 
--- Bring the user's plan credits in line with their newest paid period and
--- its newest plan. The caller holds the account lock.
+-- Does a paid period count? Not if it starts at or after its
+-- subscription's end.
+create function tally.is_period_eligible(p_subscription_id text, p_period_start timestamptz)
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select not coalesce(
+    (select p_period_start >= tally.subscription_end(s)
+       from tally.subscriptions s where s.subscription_id = p_subscription_id),
+    false);
+$$;
+
+revoke all on function tally.is_period_eligible(text,timestamp with time zone)
+  from public, anon, authenticated;
+
+-- The newest eligible paid period sets the plan credits: a newer one resets
+-- them to its plan's monthly credits; the same one follows its plan changes
+-- (max(0, new allowance - plan credits spent in it)); an older one (the
+-- current period turned out to start after its subscription's end) takes
+-- its place again with its allowance less what was spent in it and since.
+-- The caller holds the account lock.
 create function tally.settle_plan_period(p_user_id uuid) returns void
 language plpgsql
 set search_path = ''
@@ -307,22 +372,28 @@ declare
   v_account tally.accounts;
   v_period tally.paid_periods;
   v_allowance integer;
+  v_plan_credits integer;
+  v_plan_spent integer;
 begin
   select * into v_account from tally.accounts where user_id = p_user_id;
-  select * into v_period from tally.paid_periods
-   where user_id = p_user_id
-   order by period_start desc, subscription_id desc
+  select pp.* into v_period from tally.paid_periods pp
+   where pp.user_id = p_user_id
+     and tally.is_period_eligible(pp.subscription_id, pp.period_start)
+   order by pp.period_start desc, pp.subscription_id desc
    limit 1;
   if not found then
     return;
   end if;
+  v_allowance := tally.period_allowance(v_period.subscription_id, v_period.period_start);
 
   if v_account.period_start is null
      or (v_period.period_start, v_period.subscription_id)
         > (v_account.period_start, v_account.period_subscription_id) then
-    -- A new period: plan credits are set, whatever was left is gone.
-    v_allowance := coalesce(tally.period_allowance(v_period.subscription_id,
-                                                   v_period.period_start), 0);
+    v_allowance := coalesce(v_allowance, 0);
+    -- Remember what was spent in the period we leave, in case it comes back.
+    update tally.paid_periods set plan_spent = v_account.plan_spent
+     where subscription_id = v_account.period_subscription_id
+       and period_start = v_account.period_start;
     update tally.accounts
        set period_subscription_id = v_period.subscription_id,
            period_start = v_period.period_start,
@@ -336,7 +407,6 @@ begin
                                extract(epoch from v_period.period_start)::bigint));
   elsif (v_period.period_start, v_period.subscription_id)
         = (v_account.period_start, v_account.period_subscription_id) then
-    v_allowance := tally.period_allowance(v_period.subscription_id, v_period.period_start);
     if v_allowance is not null and v_allowance <> v_account.plan_allowance then
       update tally.accounts set plan_allowance = v_allowance where user_id = p_user_id;
       perform tally.post_entry(
@@ -345,11 +415,31 @@ begin
         p_business_key => format('plan:%s:%s:%s', v_period.subscription_id,
                                  extract(epoch from v_period.period_start)::bigint, v_allowance));
     end if;
+  else
+    -- Back to the older period, as if the withdrawn one had never been
+    -- paid: its allowance less what was spent in it and since.
+    v_allowance := coalesce(v_allowance, 0);
+    v_plan_spent := v_period.plan_spent + v_account.plan_spent;
+    v_plan_credits := greatest(0, v_allowance - v_plan_spent);
+    update tally.accounts
+       set period_subscription_id = v_period.subscription_id,
+           period_start = v_period.period_start,
+           period_end = v_period.period_end,
+           plan_allowance = v_allowance,
+           plan_spent = v_plan_spent
+     where user_id = p_user_id;
+    perform tally.post_entry(
+      p_user_id, 'subscription_period', v_plan_credits - v_account.plan_credits, 0,
+      p_business_key => format('period:%s:%s', v_period.subscription_id,
+                               extract(epoch from v_period.period_start)::bigint),
+      p_reason => format('period of %s starting %s withdrawn: the subscription ended before it',
+                         v_account.period_subscription_id, v_account.period_start));
   end if;
 end;
 $$;
 
-revoke all on function tally.settle_plan_period(uuid) from public, anon, authenticated;
+revoke all on function tally.settle_plan_period(uuid)
+  from public, anon, authenticated;
 
 -- Copy the user's most relevant subscription (not ended first, then newest
 -- period, then newest) onto the account, for credit_balances.
@@ -392,7 +482,8 @@ begin
 end;
 $$;
 
-revoke all on function tally.refresh_subscription_summary(uuid) from public, anon, authenticated;
+revoke all on function tally.refresh_subscription_summary(uuid)
+  from public, anon, authenticated;
 
 -- invoice.paid / invoice.payment_failed. Returns a note when nothing was
 -- granted, null when a period was.
@@ -403,11 +494,10 @@ as $$
 declare
   v_invoice jsonb := p_event -> 'invoice';
   v_is_paid boolean := p_event ->> 'type' = 'invoice.paid' and v_invoice ->> 'status' = 'paid';
-  v_created_at timestamptz := tally.to_time(p_event -> 'created');
   v_subscription_id text := v_invoice ->> 'subscription_id';
   v_period_start timestamptz := tally.to_time(v_invoice -> 'period_start');
-  v_end timestamptz;
   v_is_new_period boolean;
+  v_note text;
 begin
   if v_subscription_id is null then
     return 'not a subscription invoice: nothing to grant';
@@ -416,40 +506,42 @@ begin
        select 1 from public.plans where stripe_price_id = v_invoice ->> 'price_id') then
     perform tally.reject(format('unknown price %s: no plan has it', v_invoice ->> 'price_id'));
   end if;
-  perform tally.observe_invoice(p_user_id, v_invoice, v_is_paid, v_created_at, p_event ->> 'id');
-  perform tally.refresh_subscription_summary(p_user_id);
-  if not v_is_paid then
-    return 'payment not completed: no credits';
-  end if;
-  if v_invoice ->> 'price_id' is null or v_period_start is null then
-    return 'no subscription line: no period to grant';
-  end if;
+  perform tally.observe(row(
+    v_subscription_id, p_event ->> 'id', p_user_id, 'invoice', tally.to_time(p_event -> 'created'),
+    v_invoice ->> 'customer_id', null, null, null, null, null, null,
+    v_invoice ->> 'price_id', v_period_start, tally.to_time(v_invoice -> 'period_end'),
+    v_is_paid, v_invoice ->> 'billing_reason', v_invoice ->> 'charge_id',
+    v_invoice ->> 'payment_intent_id',
+    coalesce(tally.to_time(v_invoice -> 'created'), tally.to_time(p_event -> 'created'))
+  )::tally.subscription_observations);
 
-  perform tally.record_period_plan(v_subscription_id, v_period_start, p_user_id,
-                                   v_invoice ->> 'price_id', null, v_created_at, 0::smallint,
-                                   p_event ->> 'id');
-  select tally.subscription_end(s) into v_end from tally.subscriptions s
-   where s.subscription_id = v_subscription_id;
-  if v_period_start >= v_end then
-    return 'the subscription ended before this period: no grant';
+  if not v_is_paid then
+    v_note := 'payment not completed: no credits';
+  elsif v_invoice ->> 'price_id' is null or v_period_start is null
+        or v_invoice ->> 'period_end' is null then
+    v_note := 'no subscription line with a whole period: no period to grant';
+  else
+    insert into tally.paid_periods (subscription_id, period_start, period_end, user_id,
+                                    invoice_id, stripe_event_id)
+    values (v_subscription_id, v_period_start,
+            tally.to_time(v_invoice -> 'period_end'), p_user_id, v_invoice ->> 'id',
+            p_event ->> 'id')
+    on conflict do nothing;
+    v_is_new_period := found;
+    if not tally.is_period_eligible(v_subscription_id, v_period_start) then
+      v_note := 'the subscription ended before this period: no grant';
+    elsif not v_is_new_period then
+      v_note := 'period already granted';
+    end if;
+    perform tally.settle_plan_period(p_user_id);
   end if;
-  insert into tally.paid_periods (subscription_id, period_start, period_end, user_id,
-                                  invoice_id, stripe_event_id)
-  values (v_subscription_id, v_period_start,
-          coalesce(tally.to_time(v_invoice -> 'period_end'), v_period_start),
-          p_user_id, v_invoice ->> 'id', p_event ->> 'id')
-  on conflict do nothing;
-  v_is_new_period := found;
-  perform tally.settle_plan_period(p_user_id);
   perform tally.refresh_subscription_summary(p_user_id);
-  if not v_is_new_period then
-    return 'period already granted';
-  end if;
-  return null;
+  return v_note;
 end;
 $$;
 
-revoke all on function tally.apply_invoice(jsonb, uuid) from public, anon, authenticated;
+revoke all on function tally.apply_invoice(jsonb,uuid)
+  from public, anon, authenticated;
 
 -- customer.subscription.created / updated / deleted.
 create function tally.apply_subscription(p_event jsonb, p_user_id uuid) returns text
@@ -458,25 +550,27 @@ set search_path = ''
 as $$
 declare
   v_subscription jsonb := p_event -> 'subscription';
-  v_created_at timestamptz := tally.to_time(p_event -> 'created');
-  v_period_start timestamptz := tally.to_time(v_subscription -> 'current_period_start');
 begin
   if v_subscription ->> 'price_id' is not null and not exists (
        select 1 from public.plans where stripe_price_id = v_subscription ->> 'price_id') then
     perform tally.reject(format('unknown price %s: no plan has it',
                                 v_subscription ->> 'price_id'));
   end if;
-  perform tally.observe_subscription(p_user_id, v_subscription, v_created_at, p_event ->> 'id');
-  if v_subscription ->> 'price_id' is not null and v_period_start is not null then
-    perform tally.record_period_plan(v_subscription ->> 'id', v_period_start, p_user_id,
-                                     v_subscription ->> 'price_id',
-                                     v_subscription -> 'previous' ->> 'price_id',
-                                     v_created_at, 1::smallint, p_event ->> 'id');
-  end if;
+  perform tally.observe(row(
+    v_subscription ->> 'id', p_event ->> 'id', p_user_id, 'subscription',
+    tally.to_time(p_event -> 'created'), v_subscription ->> 'customer_id',
+    v_subscription ->> 'status', v_subscription -> 'previous',
+    (v_subscription ->> 'cancel_at_period_end')::boolean,
+    tally.to_time(v_subscription -> 'canceled_at'), tally.to_time(v_subscription -> 'ended_at'),
+    tally.to_time(v_subscription -> 'created'), v_subscription ->> 'price_id',
+    tally.to_time(v_subscription -> 'current_period_start'),
+    tally.to_time(v_subscription -> 'current_period_end'), null, null, null, null, null
+  )::tally.subscription_observations);
   perform tally.settle_plan_period(p_user_id);
   perform tally.refresh_subscription_summary(p_user_id);
   return null;
 end;
 $$;
 
-revoke all on function tally.apply_subscription(jsonb, uuid) from public, anon, authenticated;
+revoke all on function tally.apply_subscription(jsonb,uuid)
+  from public, anon, authenticated;

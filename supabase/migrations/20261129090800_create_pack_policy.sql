@@ -4,8 +4,7 @@
 -- against the pack whenever either side arrives, so a refund that arrives
 -- before its purchase ends the same as one that arrives after.
 
--- Take up to p_credits add-on credits; what is already spent is recorded as
--- the entry's shortfall. Returns what was taken. Caller holds the lock.
+-- Clawbacks take add-on credits only, down to zero; the rest is owed.
 create function tally.claw_back_addon(
   p_user_id uuid, p_credits integer, p_kind text, p_business_key text,
   p_checkout_session_id text
@@ -18,6 +17,8 @@ declare
 begin
   select least(p_credits, addon_credits) into v_taken
     from tally.accounts where user_id = p_user_id;
+  update tally.accounts set addon_debt = addon_debt + (p_credits - v_taken)
+   where user_id = p_user_id;
   perform tally.post_entry(p_user_id, p_kind, 0, -v_taken, p_credits - v_taken,
                            p_business_key => p_business_key,
                            p_checkout_session_id => p_checkout_session_id);
@@ -49,6 +50,30 @@ $$;
 
 revoke all on function tally.is_final_dispute(text) from public, anon, authenticated;
 
+-- Mark what was listed for the operator as a subscription refund or dispute
+-- but turned out to belong to a pack.
+create function tally.resolve_reviews_claimed_by_pack(p_checkout_session_id text,
+                                                      p_payment_intent_id text)
+returns void
+language sql
+set search_path = ''
+as $$
+  update tally.operator_reviews r
+     set resolved_at = now(),
+         details = r.details || jsonb_build_object('claimed_by_checkout_session',
+                                                   p_checkout_session_id)
+   where r.resolved_at is null
+     and ((r.kind = 'subscription_refund'
+           and r.object_id in (select c.charge_id from tally.charge_refunds c
+                                where c.payment_intent_id = p_payment_intent_id))
+          or (r.kind = 'subscription_dispute'
+              and r.object_id in (select d.dispute_id from tally.disputes d
+                                   where d.payment_intent_id = p_payment_intent_id)));
+$$;
+
+revoke all on function tally.resolve_reviews_claimed_by_pack(text,text)
+  from public, anon, authenticated;
+
 -- Bring a pack's clawbacks in line with its disputes and refunds. Open or
 -- lost disputes claw back what refunds have not; won ones give back exactly
 -- what they took; refunds claw back round(credits * refunded / amount),
@@ -70,6 +95,10 @@ begin
   if v_pack.payment_intent_id is null then
     return;
   end if;
+  -- The event may have been resolved to another user (a shared customer).
+  perform tally.lock_account(v_pack.user_id);
+  perform tally.resolve_reviews_claimed_by_pack(v_pack.checkout_session_id,
+                                                v_pack.payment_intent_id);
 
   for v_dispute in
     select * from tally.disputes
@@ -90,6 +119,11 @@ begin
        where dispute_id = v_dispute.dispute_id;
     elsif not tally.is_open_dispute(v_dispute.status) and tally.is_final_dispute(v_dispute.status)
           and v_dispute.is_clawed and not v_dispute.is_reinstated then
+      -- Won: give back what was taken, and forgive what could not be.
+      update tally.accounts
+         set addon_debt = addon_debt - least(addon_debt,
+                                             v_dispute.clawback_target - v_dispute.clawed_back)
+       where user_id = v_pack.user_id;
       perform tally.post_entry(v_pack.user_id, 'dispute_reinstated', 0, v_dispute.clawed_back,
                                p_business_key => 'dispute_won:' || v_dispute.dispute_id,
                                p_checkout_session_id => v_pack.checkout_session_id);
@@ -121,7 +155,8 @@ $$;
 revoke all on function tally.settle_pack(text) from public, anon, authenticated;
 
 -- checkout.session.completed / async_payment_succeeded / async_payment_failed.
-create function tally.apply_checkout_session(p_event jsonb, p_user_id uuid) returns text
+create function tally.apply_checkout_session(p_event jsonb, p_user_id uuid)
+returns text
 language plpgsql
 set search_path = ''
 as $$
@@ -153,7 +188,7 @@ begin
   insert into tally.pack_purchases (checkout_session_id, user_id, pack_key, price_id, credits,
                                     payment_intent_id, amount_total, currency, stripe_event_id)
   values (v_session ->> 'id', p_user_id, v_pack.key, v_pack.stripe_price_id, v_pack.credits,
-          v_session ->> 'payment_intent_id', (v_session ->> 'amount_total')::integer,
+          v_session ->> 'payment_intent_id', tally.to_integer(v_session -> 'amount_total'),
           v_session ->> 'currency', p_event ->> 'id')
   on conflict (checkout_session_id) do nothing;
   if not found then
@@ -212,8 +247,8 @@ begin
   insert into tally.charge_refunds as r (charge_id, payment_intent_id, customer_id, invoice_id,
                                          user_id, amount, amount_refunded)
   values (v_charge ->> 'id', v_charge ->> 'payment_intent_id', v_charge ->> 'customer_id',
-          v_charge ->> 'invoice_id', p_user_id, (v_charge ->> 'amount')::integer,
-          (v_charge ->> 'amount_refunded')::integer)
+          v_charge ->> 'invoice_id', p_user_id, tally.to_integer(v_charge -> 'amount'),
+          tally.to_integer(v_charge -> 'amount_refunded'))
   on conflict (charge_id) do update
      set amount_refunded = greatest(r.amount_refunded, excluded.amount_refunded),
          payment_intent_id = coalesce(r.payment_intent_id, excluded.payment_intent_id),
@@ -255,7 +290,7 @@ begin
   insert into tally.disputes as d (dispute_id, charge_id, payment_intent_id, user_id, status,
                                    amount, state_created_at)
   values (v_dispute ->> 'id', v_dispute ->> 'charge_id', v_payment_intent_id, p_user_id,
-          v_dispute ->> 'status', (v_dispute ->> 'amount')::integer,
+          v_dispute ->> 'status', tally.to_integer(v_dispute -> 'amount'),
           tally.to_time(p_event -> 'created'))
   on conflict (dispute_id) do update
      set status = excluded.status,

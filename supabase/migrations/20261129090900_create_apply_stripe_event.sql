@@ -61,6 +61,7 @@ revoke all on function tally.link_named_customer(jsonb, text) from public, anon,
 -- Apply (or re-apply) a stored event and record its outcome. Used on first
 -- receipt, when a parked event's link appears, and when an operator retries
 -- rejected events.
+-- Locks in a fixed order: customer, payment intent, then the account.
 create function tally.process_event(p_event_id text) returns jsonb
 language plpgsql
 set search_path = ''
@@ -74,8 +75,12 @@ declare
 begin
   select * into v_stored from tally.stripe_events where event_id = p_event_id for update;
   perform set_config('tally.event_id', p_event_id, true);
+  -- Fixed order: customer, then payment intent, then the account.
   if v_stored.customer_id is not null then
     perform tally.lock_customer(v_stored.customer_id);
+  end if;
+  if v_stored.payment_intent_id is not null then
+    perform tally.lock_payment_intent(v_stored.payment_intent_id);
   end if;
   begin
     v_user_id := tally.resolve_user(v_stored.payload);
@@ -91,11 +96,9 @@ begin
       perform tally.link_named_customer(v_stored.payload, v_stored.customer_id);
     end if;
   exception when sqlstate 'TL001' then
+    -- The user stays recorded when it was resolved before the rejection.
     v_outcome := 'rejected';
     v_reason := sqlerrm;
-    v_user_id := null;
-    -- A rejected event that names a real user and a customer still
-    -- tells us who the customer is.
     perform tally.link_named_customer(v_stored.payload, v_stored.customer_id);
   end;
   update tally.stripe_events

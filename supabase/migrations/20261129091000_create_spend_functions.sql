@@ -178,6 +178,9 @@ revoke all on function public.spend_credits(uuid, integer, text, text)
   from public, anon, authenticated;
 grant execute on function public.spend_credits(uuid, integer, text, text) to service_role;
 
+-- Give a spend back to the parts it came from, once. Plan credits come back
+-- only within the same plan period; add-on credits first pay what earlier
+-- clawbacks could not take.
 create function public.reverse_spend(idempotency_key text, reason text default null)
 returns jsonb
 language plpgsql
@@ -190,13 +193,15 @@ declare
   v_account tally.accounts;
   v_plan_back integer := 0;
   v_spent_back integer := 0;
+  v_debt_paid integer;
   v_entry tally.ledger_entries;
   v_result jsonb;
 begin
   perform tally.require_key(v_key);
   select * into v_spend from tally.spends s where s.idempotency_key = v_key for update;
   if not found then
-    raise exception using errcode = 'PT404', message = format('no spend with idempotency key %s', v_key);
+    raise exception using errcode = 'PT404',
+      message = format('no spend with idempotency key %s', v_key);
   end if;
   if v_spend.reversed_at is not null then
     return v_spend.reversal_result || jsonb_build_object('replayed', true);
@@ -211,13 +216,20 @@ begin
     v_plan_back := greatest(0, v_account.plan_allowance - (v_account.plan_spent - v_spent_back))
                    - v_account.plan_credits;
   end if;
-  v_entry := tally.post_entry(v_spend.user_id, 'spend_reversal', v_plan_back, v_spend.from_addon,
-                              p_spend_key => v_key,
-                              p_reason => coalesce(reverse_spend.reason, v_spend.reason),
-                              p_plan_spent_delta => -v_spent_back);
+  v_debt_paid := least(v_spend.from_addon, v_account.addon_debt);
+  update tally.accounts set addon_debt = addon_debt - v_debt_paid
+   where user_id = v_spend.user_id;
+  v_entry := tally.post_entry(
+    v_spend.user_id, 'spend_reversal', v_plan_back, v_spend.from_addon - v_debt_paid,
+    p_spend_key => v_key,
+    p_reason => concat_ws('; ', coalesce(reverse_spend.reason, v_spend.reason),
+                          case when v_debt_paid > 0
+                               then format('%s add-on credits kept for earlier clawbacks',
+                                           v_debt_paid) end),
+    p_plan_spent_delta => -v_spent_back);
   v_result := tally.balance_result(v_entry) || jsonb_build_object(
     'idempotency_key', v_key, 'plan_returned', v_plan_back,
-    'addon_returned', v_spend.from_addon, 'replayed', false);
+    'addon_returned', v_spend.from_addon - v_debt_paid, 'replayed', false);
   update tally.spends s set reversed_at = now(), reversal_result = v_result
    where s.idempotency_key = v_key;
   return v_result;
