@@ -7,6 +7,12 @@
 -- function to PUBLIC. We revoke the per-schema defaults here, once, and every
 -- later migration revokes and grants each object explicitly, right under its
 -- definition.
+--
+-- Functions that act for someone else (security definer) and PL/pgSQL
+-- functions pin `search_path = ''`. Small SQL helpers (one expression) do
+-- not: a SET clause stops the planner from inlining them, which made each
+-- call cost a fresh plan. They name every object schema-qualified instead,
+-- so the caller's search_path cannot change what they mean.
 
 create schema if not exists tally;
 

@@ -151,10 +151,15 @@ revoke all on function
 -- Lock a user's account row; every credit change of a user goes through
 -- here first, so changes of one user serialise and never deadlock.
 create function tally.lock_account(p_user_id uuid) returns tally.accounts
-language sql
+language plpgsql
 set search_path = ''
 as $$
-  select * from tally.accounts where user_id = p_user_id for update;
+declare
+  v_row tally.accounts;
+begin
+  select * into v_row from tally.accounts where user_id = p_user_id for update;
+  return v_row;
+end;
 $$;
 
 revoke all on function tally.lock_account(uuid) from public, anon, authenticated;

@@ -913,10 +913,14 @@ drop function tally.unfold_schema_object(text, jsonb);
 
 -- The first problem of one object against its fields, or null.
 create function tally.object_problem(p_kind text, p_object jsonb) returns text
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
+-- PL/pgSQL rather than SQL so that the query's plan is cached per session.
+declare
+  v_problem text;
+begin
   select format('event.%s%s: %s', case when p_kind = 'event' then '' else p_kind || '.' end,
                 coalesce(spec.field, left(given.key, 80)), check_.problem)
     from (select * from tally.typed_event_fields where object_kind = p_kind) as spec
@@ -949,7 +953,10 @@ as $$
     ) as check_
    where check_.problem is not null
    order by spec.field nulls first, given.key
-   limit 1;
+   limit 1
+    into v_problem;
+  return v_problem;
+end;
 $$;
 
 revoke all on function tally.object_problem(text,jsonb)

@@ -19,7 +19,6 @@ revoke all on function tally.reject(text) from public, anon, authenticated;
 create function tally.user_hint(p_event jsonb) returns text
 language sql
 immutable
-set search_path = ''
 as $$
   select coalesce(
     p_event -> 'checkout_session' ->> 'client_reference_id',
@@ -35,7 +34,6 @@ revoke all on function tally.user_hint(jsonb) from public, anon, authenticated;
 create function tally.event_customer_id(p_event jsonb) returns text
 language sql
 immutable
-set search_path = ''
 as $$
   select coalesce(
     p_event -> 'checkout_session' ->> 'customer_id',
@@ -50,7 +48,6 @@ revoke all on function tally.event_customer_id(jsonb) from public, anon, authent
 create function tally.event_payment_intent_id(p_event jsonb) returns text
 language sql
 immutable
-set search_path = ''
 as $$
   select coalesce(
     p_event -> 'checkout_session' ->> 'payment_intent_id',
@@ -124,7 +121,6 @@ revoke all on function tally.resolve_user(jsonb) from public, anon, authenticate
 -- event cannot park just as its link is being stored.
 create function tally.lock_customer(p_customer_id text) returns void
 language sql
-set search_path = ''
 as $$
   select pg_advisory_xact_lock(hashtextextended('tally.customer:' || p_customer_id, 0));
 $$;
@@ -133,7 +129,6 @@ revoke all on function tally.lock_customer(text) from public, anon, authenticate
 
 create function tally.lock_payment_intent(p_payment_intent_id text) returns void
 language sql
-set search_path = ''
 as $$
   select pg_advisory_xact_lock(hashtextextended('tally.payment_intent:' || p_payment_intent_id, 0));
 $$;

@@ -11,7 +11,6 @@
 create function tally.to_time(p_seconds jsonb) returns timestamptz
 language sql
 immutable
-set search_path = ''
 as $$
   select case when p_seconds is null or p_seconds = 'null'::jsonb then null
               else to_timestamp((p_seconds #>> '{}')::numeric) end;
@@ -23,7 +22,6 @@ revoke all on function tally.to_time(jsonb)
 create function tally.to_integer(p_value jsonb) returns integer
 language sql
 immutable
-set search_path = ''
 as $$
   select (p_value #>> '{}')::numeric::integer;
 $$;
@@ -34,7 +32,6 @@ revoke all on function tally.to_integer(jsonb)
 create function tally.is_final_status(p_status text) returns boolean
 language sql
 immutable
-set search_path = ''
 as $$
   select p_status in ('canceled', 'incomplete_expired');
 $$;
@@ -46,7 +43,6 @@ revoke all on function tally.is_final_status(text)
 create function tally.status_rank(p_status text) returns integer
 language sql
 immutable
-set search_path = ''
 as $$
   select array_position(
     array['incomplete', 'trialing', 'active', 'past_due', 'unpaid', 'paused',
@@ -62,7 +58,6 @@ create function tally.left_state(
 ) returns boolean
 language sql
 immutable
-set search_path = ''
 as $$
   select p_previous is not null and p_previous <> '{}'::jsonb
      and p_state.subscription_id is not null
@@ -90,11 +85,14 @@ create function tally.next_in_second(
   p_state tally.subscription_observations, p_status text,
   p_candidates tally.subscription_observations[]
 ) returns tally.subscription_observations
-language sql
+language plpgsql
 immutable
 set search_path = ''
 as $$
-  select c
+declare
+  v_row tally.subscription_observations;
+begin
+  select c.* into v_row
     from unnest(p_candidates) as c
    order by tally.left_state(c.previous, p_status, p_state) desc,
             exists (select 1 from unnest(p_candidates) as other
@@ -102,6 +100,8 @@ as $$
                        and tally.left_state(other.previous, c.status, c)) desc,
             tally.status_rank(c.status), c.stripe_event_id
    limit 1;
+  return v_row;
+end;
 $$;
 
 revoke all on function tally.next_in_second(tally.subscription_observations,text,tally.subscription_observations[])
@@ -113,7 +113,6 @@ create function tally.status_after_invoice(
 ) returns text
 language sql
 immutable
-set search_path = ''
 as $$
   select case
     when p_status is null and p_is_paid then 'active'
@@ -311,14 +310,16 @@ revoke all on function tally.observe(tally.subscription_observations)
 -- Monthly credits of the newest known plan of a period (null if unknown).
 create function tally.period_allowance(p_subscription_id text, p_period_start timestamptz)
 returns integer
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select pl.monthly_credits
-    from tally.period_plans pp
-    join public.plans pl on pl.stripe_price_id = pp.price_id
-   where pp.subscription_id = p_subscription_id and pp.period_start = p_period_start;
+begin
+  return (select pl.monthly_credits
+            from tally.period_plans pp
+            join public.plans pl on pl.stripe_price_id = pp.price_id
+           where pp.subscription_id = p_subscription_id and pp.period_start = p_period_start);
+end;
 $$;
 
 revoke all on function tally.period_allowance(text,timestamp with time zone)
@@ -330,7 +331,6 @@ create function tally.subscription_end(p_subscription tally.subscriptions)
 returns timestamptz
 language sql
 immutable
-set search_path = ''
 as $$
   select case when tally.is_final_status(p_subscription.status)
               then coalesce(p_subscription.ended_at, p_subscription.canceled_at,
@@ -345,14 +345,15 @@ revoke all on function tally.subscription_end(tally.subscriptions)
 -- subscription's end.
 create function tally.is_period_eligible(p_subscription_id text, p_period_start timestamptz)
 returns boolean
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select not coalesce(
-    (select p_period_start >= tally.subscription_end(s)
-       from tally.subscriptions s where s.subscription_id = p_subscription_id),
-    false);
+begin
+  return not coalesce((select p_period_start >= tally.subscription_end(s)
+                         from tally.subscriptions s
+                        where s.subscription_id = p_subscription_id), false);
+end;
 $$;
 
 revoke all on function tally.is_period_eligible(text,timestamp with time zone)

@@ -32,7 +32,6 @@ revoke all on function tally.claw_back_addon(uuid, integer, text, text, text)
 create function tally.is_open_dispute(p_status text) returns boolean
 language sql
 immutable
-set search_path = ''
 as $$
   select p_status in ('warning_needs_response', 'warning_under_review', 'needs_response',
                       'under_review', 'lost');
@@ -43,7 +42,6 @@ revoke all on function tally.is_open_dispute(text) from public, anon, authentica
 create function tally.is_final_dispute(p_status text) returns boolean
 language sql
 immutable
-set search_path = ''
 as $$
   select p_status in ('won', 'lost', 'warning_closed', 'prevented');
 $$;
@@ -55,9 +53,10 @@ revoke all on function tally.is_final_dispute(text) from public, anon, authentic
 create function tally.resolve_reviews_claimed_by_pack(p_checkout_session_id text,
                                                       p_payment_intent_id text)
 returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
+begin
   update tally.operator_reviews r
      set resolved_at = now(),
          details = r.details || jsonb_build_object('claimed_by_checkout_session',
@@ -69,6 +68,7 @@ as $$
           or (r.kind = 'subscription_dispute'
               and r.object_id in (select d.dispute_id from tally.disputes d
                                    where d.payment_intent_id = p_payment_intent_id)));
+end;
 $$;
 
 revoke all on function tally.resolve_reviews_claimed_by_pack(text,text)

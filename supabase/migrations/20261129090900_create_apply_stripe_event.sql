@@ -7,7 +7,6 @@
 create function tally.is_handled_type(p_type text) returns boolean
 language sql
 immutable
-set search_path = ''
 as $$
   select p_type in (
     'checkout.session.completed', 'checkout.session.async_payment_succeeded',

@@ -97,7 +97,6 @@ revoke all on function tally.raise_insufficient(tally.accounts, integer)
 create function tally.balance_result(p_entry tally.ledger_entries) returns jsonb
 language sql
 immutable
-set search_path = ''
 as $$
   select jsonb_build_object(
     'user_id', p_entry.user_id,
