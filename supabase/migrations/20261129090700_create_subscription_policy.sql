@@ -359,6 +359,37 @@ $$;
 revoke all on function tally.is_period_eligible(text,timestamp with time zone)
   from public, anon, authenticated;
 
+-- Make p_period the account's plan period with p_plan_spent already spent
+-- in it: plan credits become max(0, its allowance - p_plan_spent).
+create function tally.enter_period(
+  p_account tally.accounts, p_period tally.paid_periods, p_plan_spent integer, p_reason text
+) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_allowance integer := coalesce(
+    tally.period_allowance(p_period.subscription_id, p_period.period_start), 0);
+begin
+  update tally.accounts
+     set period_subscription_id = p_period.subscription_id,
+         period_start = p_period.period_start,
+         period_end = p_period.period_end,
+         plan_allowance = v_allowance,
+         plan_spent = p_plan_spent
+   where user_id = p_account.user_id;
+  perform tally.post_entry(
+    p_account.user_id, 'subscription_period',
+    greatest(0, v_allowance - p_plan_spent) - p_account.plan_credits, 0,
+    p_business_key => format('period:%s:%s', p_period.subscription_id,
+                             extract(epoch from p_period.period_start)::bigint),
+    p_reason => p_reason);
+end;
+$$;
+
+revoke all on function tally.enter_period(tally.accounts, tally.paid_periods, integer, text)
+  from public, anon, authenticated;
+
 -- The newest eligible paid period sets the plan credits: a newer one resets
 -- them to its plan's monthly credits; the same one follows its plan changes
 -- (max(0, new allowance - plan credits spent in it)); an older one (the
@@ -373,8 +404,6 @@ declare
   v_account tally.accounts;
   v_period tally.paid_periods;
   v_allowance integer;
-  v_plan_credits integer;
-  v_plan_spent integer;
 begin
   select * into v_account from tally.accounts where user_id = p_user_id;
   select pp.* into v_period from tally.paid_periods pp
@@ -385,29 +414,18 @@ begin
   if not found then
     return;
   end if;
-  v_allowance := tally.period_allowance(v_period.subscription_id, v_period.period_start);
 
   if v_account.period_start is null
      or (v_period.period_start, v_period.subscription_id)
         > (v_account.period_start, v_account.period_subscription_id) then
-    v_allowance := coalesce(v_allowance, 0);
     -- Remember what was spent in the period we leave, in case it comes back.
     update tally.paid_periods set plan_spent = v_account.plan_spent
      where subscription_id = v_account.period_subscription_id
        and period_start = v_account.period_start;
-    update tally.accounts
-       set period_subscription_id = v_period.subscription_id,
-           period_start = v_period.period_start,
-           period_end = v_period.period_end,
-           plan_allowance = v_allowance,
-           plan_spent = 0
-     where user_id = p_user_id;
-    perform tally.post_entry(
-      p_user_id, 'subscription_period', v_allowance - v_account.plan_credits, 0,
-      p_business_key => format('period:%s:%s', v_period.subscription_id,
-                               extract(epoch from v_period.period_start)::bigint));
+    perform tally.enter_period(v_account, v_period, 0, null);
   elsif (v_period.period_start, v_period.subscription_id)
         = (v_account.period_start, v_account.period_subscription_id) then
+    v_allowance := tally.period_allowance(v_period.subscription_id, v_period.period_start);
     if v_allowance is not null and v_allowance <> v_account.plan_allowance then
       update tally.accounts set plan_allowance = v_allowance where user_id = p_user_id;
       perform tally.post_entry(
@@ -419,22 +437,10 @@ begin
   else
     -- Back to the older period, as if the withdrawn one had never been
     -- paid: its allowance less what was spent in it and since.
-    v_allowance := coalesce(v_allowance, 0);
-    v_plan_spent := v_period.plan_spent + v_account.plan_spent;
-    v_plan_credits := greatest(0, v_allowance - v_plan_spent);
-    update tally.accounts
-       set period_subscription_id = v_period.subscription_id,
-           period_start = v_period.period_start,
-           period_end = v_period.period_end,
-           plan_allowance = v_allowance,
-           plan_spent = v_plan_spent
-     where user_id = p_user_id;
-    perform tally.post_entry(
-      p_user_id, 'subscription_period', v_plan_credits - v_account.plan_credits, 0,
-      p_business_key => format('period:%s:%s', v_period.subscription_id,
-                               extract(epoch from v_period.period_start)::bigint),
-      p_reason => format('period of %s starting %s withdrawn: the subscription ended before it',
-                         v_account.period_subscription_id, v_account.period_start));
+    perform tally.enter_period(
+      v_account, v_period, v_period.plan_spent + v_account.plan_spent,
+      format('period of %s starting %s withdrawn: the subscription ended before it',
+             v_account.period_subscription_id, v_account.period_start));
   end if;
 end;
 $$;
