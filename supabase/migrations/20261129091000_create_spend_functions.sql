@@ -94,6 +94,31 @@ $$;
 revoke all on function tally.raise_insufficient(tally.accounts, integer)
   from public, anon, authenticated;
 
+-- Take credits the way a spend does: plan credits first, then add-on
+-- credits, all or nothing (PT402 when short); the plan part counts against
+-- the period. The caller holds the account lock.
+create function tally.draw_credits(
+  p_account tally.accounts, p_amount integer, p_kind text, p_business_key text,
+  p_spend_key text, p_reason text
+) returns tally.ledger_entries
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_from_plan integer := least(p_account.plan_credits, p_amount);
+begin
+  if p_account.plan_credits + p_account.addon_credits < p_amount then
+    perform tally.raise_insufficient(p_account, p_amount);
+  end if;
+  return tally.post_entry(p_account.user_id, p_kind, -v_from_plan, v_from_plan - p_amount,
+                          p_business_key => p_business_key, p_spend_key => p_spend_key,
+                          p_reason => p_reason, p_plan_spent_delta => v_from_plan);
+end;
+$$;
+
+revoke all on function tally.draw_credits(tally.accounts, integer, text, text, text, text)
+  from public, anon, authenticated;
+
 create function tally.balance_result(p_entry tally.ledger_entries) returns jsonb
 language sql
 immutable
@@ -149,13 +174,8 @@ begin
   end if;
 
   v_account := tally.lock_existing_account(v_user_id);
-  if v_account.plan_credits + v_account.addon_credits < v_amount then
-    perform tally.raise_insufficient(v_account, v_amount);
-  end if;
-  v_from_plan := least(v_account.plan_credits, v_amount);
-  v_entry := tally.post_entry(v_user_id, 'spend', -v_from_plan, v_from_plan - v_amount,
-                              p_spend_key => v_key, p_reason => spend_credits.reason,
-                              p_plan_spent_delta => v_from_plan);
+  v_entry := tally.draw_credits(v_account, v_amount, 'spend', null, v_key, spend_credits.reason);
+  v_from_plan := -v_entry.plan_delta;
   v_result := tally.balance_result(v_entry) || jsonb_build_object(
     'idempotency_key', v_key, 'amount', v_amount,
     'from_plan', v_from_plan, 'from_addon', v_amount - v_from_plan, 'replayed', false);
@@ -254,7 +274,6 @@ declare
   v_key text := adjust_credits.idempotency_key;
   v_first tally.adjustments;
   v_account tally.accounts;
-  v_from_plan integer := 0;
   v_entry tally.ledger_entries;
   v_result jsonb;
 begin
@@ -284,14 +303,8 @@ begin
   v_account := tally.lock_existing_account(v_user_id);
   if v_amount < 0 then
     -- A removal is taken like a spend, so it also counts against the period.
-    if v_account.plan_credits + v_account.addon_credits < -v_amount then
-      perform tally.raise_insufficient(v_account, -v_amount);
-    end if;
-    v_from_plan := least(v_account.plan_credits, -v_amount);
-    v_entry := tally.post_entry(v_user_id, 'adjustment', -v_from_plan, v_amount + v_from_plan,
-                                p_business_key => 'adjustment:' || v_key,
-                                p_reason => adjust_credits.reason,
-                                p_plan_spent_delta => v_from_plan);
+    v_entry := tally.draw_credits(v_account, -v_amount, 'adjustment', 'adjustment:' || v_key,
+                                  null, adjust_credits.reason);
   else
     v_entry := tally.post_entry(v_user_id, 'adjustment', 0, v_amount,
                                 p_business_key => 'adjustment:' || v_key,
