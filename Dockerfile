@@ -5,9 +5,11 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# Only what the package needs: no tests, scripts or migrations in the image.
+# Only what the packages need: no tests, scripts or migrations in the image.
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
+# The `tally` command too, for operator jobs run on a machine (`tally ops replay`).
+COPY tally ./tally
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
 
 FROM python:3.11-slim

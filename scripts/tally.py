@@ -1,8 +1,9 @@
-"""The README's entry point: `python3 scripts/tally.py demo | test | dev | ops`.
+"""The README's zero-install entry point: `python3 scripts/tally.py <command>`.
 
 Works on a fresh machine with only Python 3.11+: it creates .venv, installs
 the project into it (once, or again when pyproject.toml changes) and runs the
-chosen command inside it.
+`tally` command (tally/cli.py) inside it with the same arguments. After
+`pip install .`, `tally <command>` does the same without this file.
 """
 
 from __future__ import annotations
@@ -19,13 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".tally-installed"
-
-COMMANDS = {
-    "demo": ["-m", "scripts.demo"],
-    "dev": ["-m", "scripts.dev"],
-    "ops": ["-m", "scripts.ops"],
-    "test": ["-m", "pytest"],
-}
 
 
 def ensure_environment() -> None:
@@ -80,14 +74,11 @@ def run_in_environment(command: list[str]) -> int:
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        print(f"usage: python3 scripts/tally.py {{{'|'.join(COMMANDS)}}} [args...]")
-        return 2
     if sys.version_info < (3, 11):  # noqa: UP036 -- runs under any system python
         print("tally needs Python 3.11 or newer")
         return 2
     ensure_environment()
-    command = [str(PYTHON), *COMMANDS[sys.argv[1]], *sys.argv[2:]]
+    command = [str(PYTHON), "-m", "tally", *sys.argv[1:]]
     os.chdir(ROOT)
     return run_in_environment(command)
 

@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from scripts.migrate import prepare_database
-from scripts.pg import LocalPostgres
+from tally.migrate import prepare_database
+from tally.pg import LocalPostgres
 
 TEMPLATE = "tally_template"
 _database_numbers = itertools.count()

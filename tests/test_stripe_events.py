@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import stripe
 
-from scripts import stripe_events as se
+from tally import stripe_events as se
 
 FIXTURES = Path(__file__).resolve().parent / "sidecar" / "stripe_fixtures"
 PRICES = {"price_basic": 1000, "price_pro": 3000, "price_pack": 900}

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from scripts.simulation.database import CHAOS_PACKS, CHAOS_PLANS, install_catalog
-from scripts.simulation.stories import Prices
+from tests.simulation.database import CHAOS_PACKS, CHAOS_PLANS, install_catalog
+from tests.simulation.stories import Prices
 
 PRICES = Prices(
     plans={entry.price_id: entry.amount for entry in CHAOS_PLANS},

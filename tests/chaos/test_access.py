@@ -21,14 +21,14 @@ from aiohttp.test_utils import TestServer
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from scripts.simulation.database import create_users
-from scripts.simulation.typed import to_typed
-from scripts.stripe_events import StripeWorld
 from sidecar.app import create_app
+from tally.stripe_events import StripeWorld
 from tests.chaos.conftest import PRICES
 from tests.conftest import acting_as
 from tests.sidecar.conftest import JWT_SECRET, base_config, user_token
-from tests.sidecar.fakes import FakeStripe
+from tests.simulation.database import create_users
+from tests.simulation.typed import to_typed
+from tests.support.fakes import FakeStripe
 
 PUBLIC_RELATIONS = {"plans", "credit_packs", "credit_balances", "credit_ledger"}
 CATALOG = {"plans", "credit_packs"}

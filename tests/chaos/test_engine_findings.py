@@ -11,10 +11,10 @@ import uuid
 
 from psycopg.types.json import Jsonb
 
-from scripts.simulation.database import create_users, read_states
-from scripts.simulation.typed import to_typed
-from scripts.stripe_events import StripeWorld
+from tally.stripe_events import StripeWorld
 from tests.chaos.conftest import PRICES
+from tests.simulation.database import create_users, read_states
+from tests.simulation.typed import to_typed
 
 
 def apply(service, raw: dict) -> dict:

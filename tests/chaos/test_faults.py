@@ -19,18 +19,18 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from scripts.migrate import prepare_database
-from scripts.pg import LocalPostgres
-from scripts.simulation import faults
-from scripts.simulation.database import install_catalog
-from scripts.simulation.processes import SidecarProcess
-from scripts.simulation.run import FaultSchedule, simulate
-from scripts.simulation.stories import new_user_ids
 from sidecar.app import create_app
+from tally.migrate import prepare_database
+from tally.pg import LocalPostgres
 from tests.chaos.conftest import PRICES
 from tests.chaos.test_http_delivery import summary
 from tests.conftest import assert_balances_equal_ledger_sums
 from tests.sidecar.conftest import WEBHOOK_SECRET, base_config
+from tests.simulation import faults
+from tests.simulation.database import install_catalog
+from tests.simulation.processes import SidecarProcess
+from tests.simulation.run import FaultSchedule, simulate
+from tests.simulation.stories import new_user_ids
 
 DBNAME = "chaos"
 

@@ -18,19 +18,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scripts.simulation import hostile
-from scripts.simulation.database import (
+from sidecar.app import create_app
+from tally.stripe_events import encode, sign
+from tests.chaos.conftest import PRICES
+from tests.sidecar.conftest import WEBHOOK_SECRET, base_config
+from tests.simulation import hostile
+from tests.simulation.database import (
     create_users,
     differences,
     invariant_violations,
     read_catalog,
     read_states,
 )
-from scripts.simulation.model import expected_states
-from scripts.stripe_events import encode, sign
-from sidecar.app import create_app
-from tests.chaos.conftest import PRICES
-from tests.sidecar.conftest import WEBHOOK_SECRET, base_config
+from tests.simulation.model import expected_states
 
 SAMPLE_USER = "4f1d7c1e-0000-4000-8000-000000000001"
 WRONG_TYPE_CASES = 500

@@ -10,10 +10,10 @@ import dataclasses
 
 from aiohttp.test_utils import TestServer
 
-from scripts.simulation.run import Report, simulate
 from sidecar.app import create_app
 from tests.chaos.conftest import PRICES
 from tests.sidecar.conftest import WEBHOOK_SECRET, base_config
+from tests.simulation.run import Report, simulate
 
 
 async def sidecar_url(aiohttp_server, database_url: str, **overrides) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from scripts.simulation.model import (
+from tests.simulation.model import (
     Catalog,
     Spend,
     UserState,

@@ -34,7 +34,8 @@ from hypothesis.stateful import (
 )
 from psycopg.types.json import Jsonb
 
-from scripts.simulation.database import (
+from tests.chaos.conftest import PRICES
+from tests.simulation.database import (
     create_users,
     differences,
     invariant_violations,
@@ -42,10 +43,9 @@ from scripts.simulation.database import (
     read_catalog,
     read_states,
 )
-from scripts.simulation.model import UserState, expected_states
-from scripts.simulation.stories import CustomerLife
-from scripts.simulation.typed import to_typed
-from tests.chaos.conftest import PRICES
+from tests.simulation.model import UserState, expected_states
+from tests.simulation.stories import CustomerLife
+from tests.simulation.typed import to_typed
 
 CUSTOMERS_PER_EXAMPLE = 2
 FIRST_OUTCOMES = {"applied", "parked", "rejected"}

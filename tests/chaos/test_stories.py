@@ -9,10 +9,10 @@ from pathlib import Path
 
 import jsonschema
 
-from scripts.simulation.delivery import plan_deliveries
-from scripts.simulation.stories import new_user_ids, write_stories
-from scripts.simulation.typed import typed_events
 from tests.chaos.conftest import PRICES
+from tests.simulation.delivery import plan_deliveries
+from tests.simulation.stories import new_user_ids, write_stories
+from tests.simulation.typed import typed_events
 
 SCHEMA = json.loads(Path("schema/typed_event.schema.json").read_text())
 

@@ -19,8 +19,8 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tests import typed_events as te
 from tests.conftest import TEMPLATE, assert_balances_equal_ledger_sums, create_user
+from tests.support import typed_events as te
 
 # PostgREST's mapping of SQLSTATEs to HTTP statuses (docs.postgrest.org,
 # references/errors): used to check that an error is a deliberate client

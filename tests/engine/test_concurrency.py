@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from tests import typed_events as te
+from tests.support import typed_events as te
 
 
 def run_in_parallel(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests import typed_events as te
+from tests.support import typed_events as te
 
 
 def test_dispute_on_a_legacy_subscription_invoice_is_only_recorded(engine, user):

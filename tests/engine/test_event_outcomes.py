@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests import typed_events as te
+from tests.support import typed_events as te
 
 
 def test_applied_event_answers_applied_with_its_id(engine, buyer):

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests import typed_events as te
 from tests.engine.conftest import Engine, new_user
+from tests.support import typed_events as te
 
 OTHER_USERS = 40
 STORY_EVENTS = 8  # each other user's history, so every table holds hundreds of rows

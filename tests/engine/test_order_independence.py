@@ -19,8 +19,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import typed_events as te
 from tests.engine.conftest import Engine, new_user
+from tests.support import typed_events as te
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests import typed_events as te
+from tests.support import typed_events as te
 
 
 def bought(engine, buyer, pack: str = "pack_2000") -> te.PackPurchase:

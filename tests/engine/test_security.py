@@ -11,8 +11,8 @@ import uuid
 import psycopg
 import pytest
 
-from tests import typed_events as te
 from tests.conftest import acting_as
+from tests.support import typed_events as te
 
 CLIENT_ROLES = ["anon", "authenticated"]
 PUBLIC_RELATIONS = ["plans", "credit_packs", "credit_balances", "credit_ledger"]

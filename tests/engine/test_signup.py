@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from scripts.migrate import MIGRATIONS, apply_migrations, apply_stand_in
+from tally.migrate import MIGRATIONS, apply_migrations, apply_stand_in
 from tests.conftest import assert_balances_equal_ledger_sums, create_user
 
 

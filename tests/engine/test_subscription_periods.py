@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests import typed_events as te
+from tests.support import typed_events as te
 
 
 def test_first_period_paid_sets_plan_credits_to_the_plans_allowance(engine, buyer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests import typed_events as te
+from tests.support import typed_events as te
 
 
 def subscribed(engine, buyer, plan: str = "starter") -> te.Subscription:

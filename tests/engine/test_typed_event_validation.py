@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests import typed_events as te
 from tests.engine.conftest import postgrest_status
+from tests.support import typed_events as te
 
 SAMPLES: dict[str, Any] = {
     "string": "x",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests import typed_events as te
+from tests.support import typed_events as te
 
 
 def anonymous_invoice(buyer: te.Buyer, plan: str = "starter", **overrides) -> dict:

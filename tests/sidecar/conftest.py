@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from scripts import stripe_events as se
 from sidecar.app import create_app
 from sidecar.config import Config
-from tests.sidecar.fakes import FakePostgrest, FakeStripe
+from tally import stripe_events as se
+from tests.support.fakes import FakePostgrest, FakeStripe
 
 WEBHOOK_SECRET = "whsec_test_current"
 ROLLED_SECRET = "whsec_test_next"

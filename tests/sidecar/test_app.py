@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from scripts import stripe_events as se
 from sidecar.observability import JsonFormatter
+from tally import stripe_events as se
 from tests.sidecar.conftest import PACKS, WEBHOOK_SECRET, deliver, world
 
 ROOT = Path(__file__).resolve().parents[2]

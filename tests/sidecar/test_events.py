@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scripts import stripe_events as se
 from sidecar import events
 from sidecar.events import Unreadable
+from tally import stripe_events as se
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schema" / "typed_event.schema.json"
 USER = "4f1d7c1e-0000-4000-8000-000000000001"

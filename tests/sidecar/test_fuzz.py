@@ -7,7 +7,7 @@ import json
 import random
 from typing import Any
 
-from scripts import stripe_events as se
+from tally import stripe_events as se
 from tests.sidecar.conftest import PACKS, PLANS, WEBHOOK_SECRET, world
 
 BODIES = 2000

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.stripe_events import sign
 from sidecar.signature import SignatureError, verify
+from tally.stripe_events import sign
 
 BODY = b'{"id": "evt_1", "object": "event"}'
 NOW = 1_800_000_000

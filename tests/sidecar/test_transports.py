@@ -26,7 +26,7 @@ from tests.sidecar.conftest import (
     user_token,
     world,
 )
-from tests.sidecar.fakes import FakePostgrest, postgrest_status
+from tests.support.fakes import FakePostgrest, postgrest_status
 
 PACK_PRICE, PACK_CREDITS = PACKS["pack_500"]
 STARTER_PRICE, STARTER_CREDITS = PLANS["starter"]

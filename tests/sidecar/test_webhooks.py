@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from scripts import stripe_events as se
+from tally import stripe_events as se
 from tests.sidecar.conftest import (
     PACKS,
     PLANS,

@@ -1,6 +1,6 @@
 """One simulation run: customers' stories delivered through a sidecar, then checked.
 
-Used by the chaos tests (small) and by scripts/simulate.py (large). The
+Used by the chaos tests (small) and by python -m tests.simulation (large). The
 sidecar may run in-process or as a process; faults are injected by callables
 the caller schedules (they know how to restart Postgres or kill the sidecar).
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from scripts.simulation.database import (
+from tests.simulation.database import (
     create_users,
     differences,
     invariant_violations,
@@ -25,10 +25,10 @@ from scripts.simulation.database import (
     read_catalog,
     read_states,
 )
-from scripts.simulation.delivery import DeliveryPlan, Sender, plan_deliveries
-from scripts.simulation.model import Catalog, expected_states
-from scripts.simulation.stories import Prices, Story, new_user_ids, write_stories
-from scripts.simulation.typed import typed_events
+from tests.simulation.delivery import DeliveryPlan, Sender, plan_deliveries
+from tests.simulation.model import Catalog, expected_states
+from tests.simulation.stories import Prices, Story, new_user_ids, write_stories
+from tests.simulation.typed import typed_events
 
 Fault = Callable[[], Awaitable[Any]]
 

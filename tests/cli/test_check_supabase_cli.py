@@ -1,9 +1,9 @@
-"""scripts/check_supabase_cli.py: what the real Supabase CLI is given."""
+"""tally/check_supabase_cli.py: what the real Supabase CLI is given."""
 
 from __future__ import annotations
 
-from scripts import check_supabase_cli as check
-from scripts.migrate import migration_files
+from tally import check_supabase_cli as check
+from tally.migrate import migration_files
 
 
 def test_the_cli_project_holds_the_migrations_but_never_the_local_stand_in(tmp_path):
@@ -19,6 +19,6 @@ def test_the_cli_is_told_the_local_server_has_no_tls():
 
 
 def test_the_history_check_passes_when_every_migration_is_recorded(database_url):
-    # The harness's database was migrated by scripts/migrate.py, which records
+    # The harness's database was migrated by tally/migrate.py, which records
     # versions exactly where the CLI does: the same check must accept it.
     check.check_history_matches(database_url)

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import psycopg
 from psycopg import sql
 
-from scripts.pg import LocalPostgres
-from scripts.simulation.processes import SidecarProcess
+from tally.pg import LocalPostgres
+from tests.simulation.processes import SidecarProcess
 
 Fault = Callable[[], Awaitable[None]]
 

@@ -7,7 +7,7 @@ sidecar on PORT (default 8080), so that
     stripe listen --forward-to localhost:8080/webhooks/stripe
 
 can feed it real test-mode events. The pieces it starts are also what the demo
-(scripts/demo.py) runs its lifecycle against.
+(tally/demo.py) runs its lifecycle against.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from scripts.migrate import prepare_database
-from scripts.pg import LocalPostgres
+from tally.migrate import prepare_database
+from tally.paths import ROOT
+from tally.pg import LocalPostgres
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8080
 LOCAL_DATABASE = "tally"
 # Not a key: the sidecar needs one to start, and nothing local ever calls Stripe with it.

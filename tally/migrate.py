@@ -12,10 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-MIGRATIONS = ROOT / "supabase" / "migrations"
-STAND_IN = ROOT / "supabase" / "local" / "supabase_stand_in.sql"
-SEED = ROOT / "supabase" / "seed.sql"
+from tally.paths import MIGRATIONS, SEED, STAND_IN
 
 HISTORY_DDL = """
 create schema if not exists supabase_migrations;

@@ -1,4 +1,4 @@
-"""Operator commands: `python -m scripts.ops <command>` (see docs/operations.md).
+"""Operator commands: `tally ops <command>` (see docs/operations.md).
 
 Each job is one command against the database named by DATABASE_URL (or
 --database-url): the project's Postgres connection string, as the `postgres`
@@ -282,7 +282,7 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.ops",
+        prog="tally ops",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -31,7 +31,7 @@ Two levels of API:
 
 Example::
 
-    from scripts.stripe_events import StripeWorld, encode, sign
+    from tally.stripe_events import StripeWorld, encode, sign
 
     world = StripeWorld(layout="basil", prices={"price_pro": 2900, "price_pack_s": 900})
     alice = world.customer(user_id="6b1c...")

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import psycopg
 
-from scripts.migrate import ROOT, apply_migrations, apply_stand_in, migration_files, split_version
-from scripts.pg import LocalPostgres
+from tally.migrate import apply_migrations, apply_stand_in, migration_files, split_version
+from tally.paths import ROOT
+from tally.pg import LocalPostgres
 
 SUPABASE_CLI_VERSION = "2.117.0"
 DATABASE = "supabase_cli_check"
@@ -119,7 +120,7 @@ def check_history_matches(dsn: str) -> None:
     if recorded != expected:
         raise CheckFailed(f"the CLI recorded {recorded}, the project has {expected}")
     if pending:
-        raise CheckFailed(f"scripts/migrate.py still found {pending} pending after the CLI")
+        raise CheckFailed(f"tally/migrate.py still found {pending} pending after the CLI")
     print(f"history: {len(recorded)} migration(s) recorded by the CLI, none pending for ours")
 
 

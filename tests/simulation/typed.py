@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from scripts.stripe_events import encode
 from sidecar.events import normalise, parse_body, read_envelope
+from tally.stripe_events import encode
 
 
 def to_typed(raw: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""scripts/pg.py: which PostgreSQL binaries are used, and how the server runs."""
+"""tally/pg.py: which PostgreSQL binaries are used, and how the server runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from scripts import pg
+from tally import pg
 
 TOOLS = ("initdb", "pg_ctl", "postgres")
 

@@ -1,6 +1,6 @@
 """Measure the credit engine's two hot paths at the SQL level.
 
-    python -m scripts.bench_engine [--database-url URL] [--connections 8]
+    python -m tally.bench_engine [--database-url URL] [--connections 8]
 
 Prints calls per second and latency percentiles of:
 
@@ -23,6 +23,7 @@ import os
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -36,9 +37,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from scripts.migrate import prepare_database
-from scripts.pg import LocalPostgres
-from tests import typed_events as te
+from tally.migrate import prepare_database
+from tally.pg import LocalPostgres
+from tests.support import typed_events as te
 
 # Set unless --no-durable-commits (an Event: a process-wide flag without `global`).
 DURABLE_COMMITS = threading.Event()
@@ -207,7 +208,7 @@ def throwaway_database() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--connections", type=int, default=8)
@@ -219,7 +220,7 @@ def main() -> None:
         action="store_true",
         help="synchronous_commit = off on the benchmark's connections",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.no_durable_commits:
         DURABLE_COMMITS.set()
     benches: list[Callable[[str], Figures]] = [
@@ -233,6 +234,7 @@ def main() -> None:
         print(f"engine benchmark, {os.cpu_count()} CPUs, {commits}, PostgreSQL at {redact(url)}")
         for bench in benches:
             print(bench(url).line(), flush=True)
+    return 0
 
 
 @contextmanager
@@ -248,4 +250,4 @@ def redact(url: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

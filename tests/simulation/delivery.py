@@ -20,8 +20,8 @@ from typing import Any
 
 import aiohttp
 
-from scripts.simulation.stories import Story
-from scripts.stripe_events import encode, sign
+from tally.stripe_events import encode, sign
+from tests.simulation.stories import Story
 
 COPY_WEIGHTS = {1: 0.6, 2: 0.28, 3: 0.12}
 

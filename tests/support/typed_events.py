@@ -7,7 +7,7 @@ the sidecar would produce after normalising a webhook.
 
 Use from SQL-level tests, chaos tests and benchmarks:
 
-    from tests import typed_events as te
+    from tests.support import typed_events as te
 
     buyer = te.Buyer.new(user_id)                      # a user with a Stripe customer
     sub = buyer.subscription("starter")                # ids of one subscription
@@ -35,12 +35,13 @@ import string
 import uuid
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "typed_event.schema.json"
+from tally.paths import ROOT
+
+SCHEMA_PATH = ROOT / "schema" / "typed_event.schema.json"
 
 # Stripe's clock for scenarios: period n covers [at(n), at(n + 1)).
 T0 = 1_780_000_000

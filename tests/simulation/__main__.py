@@ -1,7 +1,7 @@
 """The large seeded chaos run: thousands of customers through a real sidecar process.
 
-    .venv/bin/python -m scripts.simulate                 # 2,000 customers, faults, hostile input
-    .venv/bin/python -m scripts.simulate --customers 200 --no-faults --json out.json
+    .venv/bin/python -m tests.simulation                 # 2,000 customers, faults, hostile input
+    .venv/bin/python -m tests.simulation --customers 200 --no-faults --json out.json
 
 Brings up its own PostgreSQL (durable settings: a crash must not lose a
 commit), applies the migrations, starts `python -m sidecar` and then:
@@ -39,14 +39,14 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from scripts.migrate import prepare_database
-from scripts.pg import LocalPostgres
-from scripts.simulation import faults, hostile
-from scripts.simulation.database import CHAOS_PACKS, CHAOS_PLANS, install_catalog
-from scripts.simulation.processes import SidecarProcess
-from scripts.simulation.run import FaultSchedule, Report, simulate
-from scripts.simulation.stories import Prices, new_user_ids
-from scripts.stripe_events import encode, sign
+from tally.migrate import prepare_database
+from tally.pg import LocalPostgres
+from tally.stripe_events import encode, sign
+from tests.simulation import faults, hostile
+from tests.simulation.database import CHAOS_PACKS, CHAOS_PLANS, install_catalog
+from tests.simulation.processes import SidecarProcess
+from tests.simulation.run import FaultSchedule, Report, simulate
+from tests.simulation.stories import Prices, new_user_ids
 
 DBNAME = "chaos"
 SECRET = "whsec_chaos_simulation"

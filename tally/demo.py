@@ -32,16 +32,16 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from scripts.dev import (
+from tally.dev import (
     SidecarSettings,
     StackError,
     local_database,
     new_webhook_secret,
     running_sidecar,
 )
-from scripts.ops import balance_mismatches
-from scripts.pg import PostgresUnavailable, free_port
-from scripts.stripe_events import DAY, StripeWorld, layout_for, signed_request
+from tally.ops import balance_mismatches
+from tally.pg import PostgresUnavailable, free_port
+from tally.stripe_events import DAY, StripeWorld, layout_for, signed_request
 
 JSON = dict[str, Any]
 # What each plan and pack costs in Stripe (cents); credits come from the catalog.

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from scripts.pg import free_port
-
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tally.paths import ROOT
+from tally.pg import free_port
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from scripts.simulation.model import Catalog, UserState
+from tests.simulation.model import Catalog, UserState
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import asyncpg
 import jwt
 from aiohttp import web
 
-from scripts import stripe_events as se
+from tally import stripe_events as se
 
 # ----------------------------------------------------------------------------------
 # Stripe

@@ -1,4 +1,4 @@
-"""scripts/demo.py: the customer lifecycle passes every check against the real stack."""
+"""tally/demo.py: the customer lifecycle passes every check against the real stack."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from scripts import demo, dev
-from scripts.pg import free_port
+from tally import demo, dev
+from tally.pg import free_port
 
 
 def test_the_lifecycle_ends_with_the_pro_allowance_and_one_pack(database_url):

@@ -1,4 +1,4 @@
-"""scripts/ops.py: each operator job is one command against a real database."""
+"""tally/ops.py: each operator job is one command against a real database."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import uuid
 import pytest
 from psycopg.types.json import Jsonb
 
-from scripts import ops
-from scripts.stripe_events import StripeWorld
 from sidecar.events import normalise, read_envelope
+from tally import ops
+from tally.stripe_events import StripeWorld
 from tests.conftest import create_user
 
 

@@ -1,4 +1,4 @@
-"""scripts/dev.py: the dev command keeps the sidecar up on the given database."""
+"""tally/dev.py: the dev command keeps the sidecar up on the given database."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from typing import IO
 import psycopg
 import pytest
 
-from scripts import dev
-from scripts.migrate import apply_stand_in
-from scripts.pg import free_port
-from scripts.stripe_events import StripeWorld, signed_request
+from tally import dev
+from tally.migrate import apply_stand_in
+from tally.pg import free_port
+from tally.stripe_events import StripeWorld, signed_request
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,7 +75,7 @@ def dev_process(database_url):
     with (
         tempfile.TemporaryFile("w+") as output,
         subprocess.Popen(
-            [sys.executable, "-m", "scripts.dev"],
+            [sys.executable, "-m", "tally.dev"],
             cwd=ROOT,
             env=env,
             stdout=output,

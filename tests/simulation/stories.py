@@ -1,7 +1,7 @@
 """Coherent customer stories: the Stripe events many customers' lives produce.
 
 Each customer lives through a seeded, random but coherent life on its own
-`scripts.stripe_events.StripeWorld`: subscribe (paid, or incomplete then
+`tally.stripe_events.StripeWorld`: subscribe (paid, or incomplete then
 paid), renew, fail a renewal and recover (or not, then cancel), upgrade and
 downgrade (sometimes twice in one second), buy packs (sometimes paying
 asynchronously, sometimes failing), get partial and full refunds, disputes
@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from scripts.stripe_events import DAY, Purchase, StripeWorld, Subscription
+from tally.stripe_events import DAY, Purchase, StripeWorld, Subscription
 
 EPOCH = 1_780_000_000  # 2026-05-28; every story starts within 60 days of it
 TWIN_RATE = 0.03

@@ -1,0 +1,1 @@
+"""tally's command line: demo, tests, development stack, operator jobs, Stripe set-up."""
