@@ -59,6 +59,15 @@ class Config:
         return _Reader(os.environ if environ is None else environ).config()
 
     @property
+    def stripe_key_is_live(self) -> bool | None:
+        """Whether STRIPE_SECRET_KEY is a live-mode key (None: cannot tell)."""
+        for prefix, is_live in (("sk_live_", True), ("rk_live_", True), ("sk_test_", False),
+                                ("rk_test_", False)):  # fmt: skip
+            if self.stripe_secret_key.startswith(prefix):
+                return is_live
+        return None
+
+    @property
     def success_url(self) -> str:
         return f"{self.app_base_url}/billing/success?session_id={{CHECKOUT_SESSION_ID}}"
 

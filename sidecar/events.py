@@ -3,18 +3,24 @@
 Both payload layouts are read here and nowhere else:
 
 - legacy (API versions up to 2025-02-24.acacia): ``invoice.subscription``,
-  ``invoice.subscription_details.metadata``, ``lines.data[].price.id``,
-  ``lines.data[].proration``, ``subscription.current_period_*``,
-  ``invoice.charge/payment_intent``, ``charge.invoice``;
+  ``invoice.subscription_details.metadata``, ``lines.data[].price.id`` (or
+  ``plan.id``), ``lines.data[].proration``, ``subscription.current_period_*``,
+  ``invoice.charge/payment_intent``, ``charge.invoice``; the oldest versions
+  also ``invoice.paid`` without ``status`` and disputes without an ``id``;
 - basil (2025-03-31.basil and later): ``invoice.parent.subscription_details``,
   ``lines.data[].pricing.price_details.price``,
-  ``lines.data[].parent.subscription_item_details.proration``,
-  ``items.data[].current_period_*``.
+  ``lines.data[].parent.{subscription_item,invoice_item}_details.proration``,
+  ``items.data[].current_period_*``, ``invoice_payment`` objects.
 
 Each reader looks in both places, so an event is understood whatever its
-``api_version`` says; ``layout`` only records which shape it had. Anything
-that cannot be read raises ``Unreadable`` with a short reason naming the
-field, never another exception.
+``api_version`` says; ``layout`` only records which shape it had.
+
+Two levels of failure. A body that is not a Stripe event at all (not JSON,
+no ``id``/``type``/``data.object``) raises ``Unreadable`` from
+``parse_body``/``read_envelope``: the webhook answers 400. A Stripe event
+whose object cannot be read becomes a typed event with a ``problem`` (the
+reason, naming the field): the database stores it as rejected, nothing
+signed is lost, and an operator re-applies it after a fix.
 """
 
 from __future__ import annotations
@@ -29,11 +35,14 @@ from typing import Any, Literal
 JSON = dict[str, Any]
 Layout = Literal["legacy", "basil"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_DEPTH = 64
 MAX_ID_LENGTH = 255
 MAX_SHORT_TEXT = 64
-MAX_INTEGER = 2**53 - 1
+MAX_EVENT_ID_LENGTH = 1000
+MAX_AMOUNT = 2**63 - 1
+MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z
+OLDEST_READ_IN_FULL = "2019-01-01"
 FIRST_BASIL_DATE = "2025-03-31"
 _API_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # Postgres jsonb refuses NUL characters and lone surrogates in strings.
@@ -56,8 +65,14 @@ SUBSCRIPTION_TYPES = (
 )
 CHARGE_TYPES = ("charge.refunded",)
 DISPUTE_TYPES = ("charge.dispute.created", "charge.dispute.closed")
+INVOICE_PAYMENT_TYPES = ("invoice_payment.paid",)
 HANDLED_TYPES = frozenset(
-    CHECKOUT_TYPES + INVOICE_TYPES + SUBSCRIPTION_TYPES + CHARGE_TYPES + DISPUTE_TYPES
+    CHECKOUT_TYPES
+    + INVOICE_TYPES
+    + SUBSCRIPTION_TYPES
+    + CHARGE_TYPES
+    + DISPUTE_TYPES
+    + INVOICE_PAYMENT_TYPES
 )
 
 CHECKOUT_MODES = {"payment", "subscription", "setup"}
@@ -84,15 +99,20 @@ class Unreadable(Exception):
 
 @dataclass(frozen=True)
 class Envelope:
-    """The parts of a Stripe event that every type has."""
+    """The parts of a Stripe event that every type has.
+
+    ``created``, ``livemode`` and ``api_version`` are None when the event
+    carries none (or none readable): the typed event then says so in its
+    ``problem``, it is not refused.
+    """
 
     id: str
     type: str
-    created: int
-    livemode: bool
+    created: int | None
+    livemode: bool | None
     api_version: str | None
     obj: JSON
-    previous_attributes: JSON | None
+    previous_attributes: Any
     raw: JSON
 
     @property
@@ -196,21 +216,29 @@ def _ref(value: Any, path: str) -> str | None:
     return _text(value, path)
 
 
-def _int(value: Any, path: str) -> int | None:
+def _int(value: Any, path: str, low: int = 0, high: int = MAX_AMOUNT) -> int | None:
+    """A whole number in [low, high]; 5.0 counts as 5, as in JSON."""
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise Unreadable(f"{path} must be an integer")
-    if not 0 <= value <= MAX_INTEGER:
+    if not low <= value <= high:
         raise Unreadable(f"{path} is out of range")
     return value
 
 
-def _required_int(value: Any, path: str) -> int:
-    number = _int(value, path)
+def _required_int(value: Any, path: str, low: int = 0, high: int = MAX_AMOUNT) -> int:
+    number = _int(value, path, low, high)
     if number is None:
         raise Unreadable(f"{path} is missing")
     return number
+
+
+def _time(value: Any, path: str) -> int | None:
+    """Unix seconds."""
+    return _int(value, path, 0, MAX_TIME)
 
 
 def _bool(value: Any, path: str, default: bool = False) -> bool:
@@ -259,24 +287,39 @@ def _first(*candidates: str | None) -> str | None:
 
 
 def read_envelope(doc: Any) -> Envelope:
-    """The event envelope: id, type, created, livemode, api_version, data."""
+    """The event envelope, if the document is a Stripe event at all.
+
+    A Stripe event has ``object: "event"`` (or no ``object``, as some old
+    fixtures), a string ``id`` and ``type``, and an object ``data.object``;
+    anything else is not an event (``Unreadable``, answered 400). The other
+    envelope fields are read leniently: what is missing or unreadable is
+    None here and a ``problem`` of the typed event later.
+    """
     event = _dict(doc, "body")
     if event.get("object", "event") != "event":
         raise Unreadable("body is not a Stripe event (object is not 'event')")
-    event_id = _required_text(event.get("id"), "id")
-    event_type = _required_text(event.get("type"), "type", MAX_SHORT_TEXT * 2)
-    created = _required_int(event.get("created"), "created")
+    event_id = _required_text(event.get("id"), "id", MAX_EVENT_ID_LENGTH)
+    event_type = event.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        raise Unreadable("type is missing")
     data = _dict(event.get("data"), "data")
+    created = event.get("created")
+    livemode = event.get("livemode")
+    api_version = event.get("api_version")
     return Envelope(
         id=event_id,
         type=event_type,
-        created=created,
-        livemode=_bool(event.get("livemode"), "livemode"),
-        api_version=_text(event.get("api_version"), "api_version", MAX_SHORT_TEXT),
+        created=created if _is_time(created) else None,
+        livemode=livemode if isinstance(livemode, bool) else None,
+        api_version=api_version if isinstance(api_version, str) and api_version else None,
         obj=_dict(data.get("object"), "data.object"),
-        previous_attributes=_opt_dict(data.get("previous_attributes"), "data.previous_attributes"),
+        previous_attributes=data.get("previous_attributes"),
         raw=event,
     )
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TIME
 
 
 def layout_of(envelope: Envelope) -> Layout:
@@ -289,6 +332,32 @@ def layout_of(envelope: Envelope) -> Layout:
     return "legacy" if any(mark in obj for mark in legacy_marks) else "basil"
 
 
+def _envelope_problem(env: Envelope) -> str | None:
+    """What the envelope lacks for the event to be applied."""
+    raw = env.raw
+    if env.created is None:
+        return "created is missing or not a Unix time"
+    if "livemode" in raw and env.livemode is None:
+        return "livemode must be true or false"
+    version = raw.get("api_version")
+    if version is not None and (not isinstance(version, str) or len(version) > MAX_SHORT_TEXT):
+        return "api_version must be a short string"
+    if env.previous_attributes is not None and not isinstance(env.previous_attributes, dict):
+        return "data.previous_attributes must be an object"
+    return None
+
+
+def _explain(reason: str, env: Envelope) -> str:
+    """A reason, naming the API version when it is an old one."""
+    version = env.api_version
+    if version and _API_DATE.match(version) and version[:10] < OLDEST_READ_IN_FULL:
+        return (
+            f"{reason} (API version {version[:64]} is from before 2019: its shapes are read"
+            " where they carry what the credit policy needs)"
+        )
+    return reason
+
+
 # ------------------------------------------------------------------------------
 # One reader per object kind
 # ------------------------------------------------------------------------------
@@ -299,7 +368,7 @@ def _expect_object(obj: JSON, kind: str) -> None:
         raise Unreadable(f"data.object is not a {kind}")
 
 
-def read_checkout_session(env: Envelope) -> JSON:
+def read_checkout_session(env: Envelope, lines: list[JSON] | None = None) -> JSON:
     obj, p = env.obj, "data.object"
     _expect_object(obj, "checkout.session")
     return {
@@ -320,163 +389,226 @@ def read_checkout_session(env: Envelope) -> JSON:
     }
 
 
-@dataclass(frozen=True)
-class _Line:
-    subscription_id: str | None
-    price_id: str | None
-    proration: bool
-    is_subscription: bool
-    period_start: int | None
-    period_end: int | None
-
-
-def _read_line(line: JSON, path: str) -> _Line:
-    """One invoice line in either layout."""
+def read_line(line: JSON, path: str) -> JSON:
+    """One invoice line in either layout (typed ``invoice.lines[]``)."""
     period = _opt_dict(line.get("period"), f"{path}.period") or {}
-    start = _int(period.get("start"), f"{path}.period.start")
-    end = _int(period.get("end"), f"{path}.period.end")
+    amount = _required_int(line.get("amount"), f"{path}.amount", -MAX_AMOUNT, MAX_AMOUNT)
     if "pricing" in line or "parent" in line:
-        parent = _opt_dict(line.get("parent"), f"{path}.parent") or {}
-        details_path = f"{path}.parent.subscription_item_details"
-        details = _opt_dict(parent.get("subscription_item_details"), details_path)
+        subscription, proration, credited = _basil_line_parent(line, path)
         pricing = _opt_dict(line.get("pricing"), f"{path}.pricing") or {}
-        price_details = _opt_dict(pricing.get("price_details"), f"{path}.pricing.price_details")
-        price = (price_details or {}).get("price")
-        return _Line(
-            subscription_id=_ref(
-                (details or {}).get("subscription"), f"{details_path}.subscription"
-            ),
-            price_id=_ref(price, f"{path}.pricing.price_details.price"),
-            proration=_bool((details or {}).get("proration"), f"{details_path}.proration"),
-            is_subscription=details is not None,
-            period_start=start,
-            period_end=end,
-        )
-    plan = _opt_dict(line.get("plan"), f"{path}.plan") or {}
-    subscription = _ref(line.get("subscription"), f"{path}.subscription")
-    return _Line(
-        subscription_id=subscription,
-        price_id=_first(
+        details = _opt_dict(pricing.get("price_details"), f"{path}.pricing.price_details") or {}
+        price_id = _ref(details.get("price"), f"{path}.pricing.price_details.price")
+    else:
+        plan = _opt_dict(line.get("plan"), f"{path}.plan") or {}
+        price_id = _first(
             _ref(line.get("price"), f"{path}.price"), _text(plan.get("id"), f"{path}.plan.id")
-        ),
-        proration=_bool(line.get("proration"), f"{path}.proration"),
-        is_subscription=line.get("type") == "subscription" or subscription is not None,
-        period_start=start,
-        period_end=end,
-    )
+        )
+        subscription = _ref(line.get("subscription"), f"{path}.subscription")
+        if subscription is None and line.get("type") == "subscription":
+            # Before 2019 a subscription line's id was its subscription's.
+            line_id = _text(line.get("id"), f"{path}.id")
+            subscription = line_id if line_id and line_id.startswith("sub_") else None
+        proration = _bool(line.get("proration"), f"{path}.proration")
+        details = _opt_dict(line.get("proration_details"), f"{path}.proration_details") or {}
+        credited = details.get("credited_items") is not None
+    return {
+        "id": _text(line.get("id"), f"{path}.id"),
+        "price_id": price_id,
+        "subscription_id": subscription,
+        "is_proration": proration,
+        "is_credit": proration and (amount < 0 or credited),
+        "amount": amount,
+        "period_start": _time(period.get("start"), f"{path}.period.start"),
+        "period_end": _time(period.get("end"), f"{path}.period.end"),
+    }
 
 
-def _subscription_line(lines: list[_Line]) -> _Line | None:
-    """The line that names the plan: a subscription line that is not a proration."""
-    return next(
-        (ln for ln in lines if ln.is_subscription and not ln.proration and ln.price_id), None
-    )
+def _basil_line_parent(line: JSON, path: str) -> tuple[str | None, bool, bool]:
+    """Subscription, proration and credit flags of a basil line's parent."""
+    parent = _opt_dict(line.get("parent"), f"{path}.parent") or {}
+    for kind in ("subscription_item_details", "invoice_item_details"):
+        details = _opt_dict(parent.get(kind), f"{path}.parent.{kind}")
+        if details is None:
+            continue
+        dpath = f"{path}.parent.{kind}"
+        proration_details = _opt_dict(
+            details.get("proration_details"), f"{dpath}.proration_details"
+        )
+        return (
+            _ref(details.get("subscription"), f"{dpath}.subscription"),
+            _bool(details.get("proration"), f"{dpath}.proration"),
+            (proration_details or {}).get("credited_items") is not None,
+        )
+    return None, False, False
 
 
-def read_invoice(env: Envelope) -> JSON:
+def _invoice_status(obj: JSON, p: str) -> str:
+    """``status``; before it existed (2018), ``paid`` said whether it was paid."""
+    status = _text(obj.get("status"), f"{p}.status", MAX_SHORT_TEXT)
+    if status is not None:
+        return status
+    paid = obj.get("paid")
+    if isinstance(paid, bool):
+        return "paid" if paid else "open"
+    raise Unreadable(f"{p}.status is missing (and there is no paid flag)")
+
+
+def _invoice_amount(obj: JSON, key: str, p: str, status: str) -> int:
+    """amount_paid / amount_due, derived from total where old invoices lack them."""
+    if obj.get(key) is not None:
+        return _required_int(obj.get(key), f"{p}.{key}")
+    total = _int(obj.get("total"), f"{p}.total", -MAX_AMOUNT, MAX_AMOUNT)
+    if total is None:
+        raise Unreadable(f"{p}.{key} is missing (and there is no total)")
+    if key == "amount_paid" and status != "paid":
+        return 0
+    return max(total, 0)
+
+
+def read_invoice(env: Envelope, lines: list[JSON] | None = None) -> JSON:
+    """The invoice; ``lines`` replaces the embedded first page when all were fetched."""
     obj, p = env.obj, "data.object"
     _expect_object(obj, "invoice")
     parent = _opt_dict(obj.get("parent"), f"{p}.parent") or {}
     sub_details_path = f"{p}.parent.subscription_details"
     basil_details = _opt_dict(parent.get("subscription_details"), sub_details_path)
     legacy_details = _opt_dict(obj.get("subscription_details"), f"{p}.subscription_details")
-    lines = [
-        _read_line(line, f"{p}.lines.data[{i}]")
-        for i, line in enumerate(_list_data(obj.get("lines"), f"{p}.lines"))
+    raw_lines = lines if lines is not None else _list_data(obj.get("lines"), f"{p}.lines")
+    typed_lines = [
+        read_line(_dict(line, f"{p}.lines.data[{i}]"), f"{p}.lines.data[{i}]")
+        for i, line in enumerate(raw_lines)
     ]
-    plan_line = _subscription_line(lines)
+    status = _invoice_status(obj, p)
     return {
         "id": _required_text(obj.get("id"), f"{p}.id"),
         "customer_id": _ref(obj.get("customer"), f"{p}.customer"),
         "subscription_id": _first(
             _ref((basil_details or {}).get("subscription"), f"{sub_details_path}.subscription"),
             _ref(obj.get("subscription"), f"{p}.subscription"),
-            next((ln.subscription_id for ln in lines if ln.subscription_id), None),
+            next((ln["subscription_id"] for ln in typed_lines if ln["subscription_id"]), None),
         ),
-        "created": _int(obj.get("created"), f"{p}.created"),
-        "status": _required_text(obj.get("status"), f"{p}.status", MAX_SHORT_TEXT),
+        "created": _time(obj.get("created"), f"{p}.created"),
+        "status": status,
         "billing_reason": _text(obj.get("billing_reason"), f"{p}.billing_reason", MAX_SHORT_TEXT),
-        "amount_paid": _required_int(obj.get("amount_paid"), f"{p}.amount_paid"),
-        "amount_due": _required_int(obj.get("amount_due"), f"{p}.amount_due"),
+        "amount_paid": _invoice_amount(obj, "amount_paid", p, status),
+        "amount_due": _invoice_amount(obj, "amount_due", p, status),
         "currency": _text(obj.get("currency"), f"{p}.currency", 16),
         "subscription_metadata_user_id": _first(
             _metadata_value(basil_details, "user_id", sub_details_path),
             _metadata_value(legacy_details, "user_id", f"{p}.subscription_details"),
         ),
-        "price_id": plan_line.price_id if plan_line else None,
-        "period_start": plan_line.period_start if plan_line else None,
-        "period_end": plan_line.period_end if plan_line else None,
         "charge_id": _ref(obj.get("charge"), f"{p}.charge"),
         "payment_intent_id": _ref(obj.get("payment_intent"), f"{p}.payment_intent"),
+        "lines": typed_lines,
     }
 
 
-def _item_state(sub: JSON, path: str) -> JSON:
-    """Price and period of a subscription (or of its previous_attributes)."""
-    items = _list_data(sub.get("items"), f"{path}.items")
-    item = items[0] if items else {}
-    item_path = f"{path}.items.data[0]"
-    plan = _opt_dict(sub.get("plan"), f"{path}.plan") or {}
-    state: JSON = {}
-    if items:
-        item_plan = _opt_dict(item.get("plan"), f"{item_path}.plan") or {}
-        state["price_id"] = _first(
-            _ref(item.get("price"), f"{item_path}.price"),
-            _text(item_plan.get("id"), f"{item_path}.plan.id"),
-        )
-    elif "plan" in sub:
-        state["price_id"] = _text(plan.get("id"), f"{path}.plan.id")
-    for key in ("current_period_start", "current_period_end"):
-        if key in item:
-            state[key] = _int(item.get(key), f"{item_path}.{key}")
-        elif key in sub:
-            state[key] = _int(sub.get(key), f"{path}.{key}")
-    return state
+def more_lines_of(env: Envelope) -> str | None:
+    """The invoice id when the event embeds only the first page of its lines."""
+    if env.type not in INVOICE_TYPES or not isinstance(env.obj.get("lines"), dict):
+        return None
+    if env.obj["lines"].get("has_more") is not True:
+        return None
+    invoice_id = env.obj.get("id")
+    return invoice_id if isinstance(invoice_id, str) and invoice_id else None
 
 
-def _previous(env: Envelope, current: JSON) -> JSON | None:
-    """The state an update left, from ``data.previous_attributes``: only changed keys."""
+def _items(sub: JSON, path: str) -> list[JSON]:
+    """Price and period of each item of a subscription (or of its previous state).
+
+    The period is the item's (basil) or the subscription's (legacy); before
+    items existed (2017), the subscription's ``plan`` was its one item.
+    """
+    periods = {
+        key: _time(sub.get(key), f"{path}.{key}")
+        for key in ("current_period_start", "current_period_end")
+    }
+    if isinstance(sub.get("items"), dict):
+        items = []
+        for i, item in enumerate(_list_data(sub.get("items"), f"{path}.items")):
+            ipath = f"{path}.items.data[{i}]"
+            plan = _opt_dict(item.get("plan"), f"{ipath}.plan") or {}
+            items.append(
+                {
+                    "price_id": _first(
+                        _ref(item.get("price"), f"{ipath}.price"),
+                        _text(plan.get("id"), f"{ipath}.plan.id"),
+                    ),
+                    **{
+                        key: _time(item[key], f"{ipath}.{key}") if key in item else periods[key]
+                        for key in periods
+                    },
+                }
+            )
+        return items
+    if isinstance(sub.get("plan"), dict):
+        return [{"price_id": _text(sub["plan"].get("id"), f"{path}.plan.id"), **periods}]
+    return []
+
+
+def _previous(env: Envelope, current: JSON, items: list[JSON]) -> JSON | None:
+    """The state an update left, from ``data.previous_attributes``.
+
+    Only what changed is set: status and cancel_at_period_end, and the items
+    (with their prices and periods) when they, the legacy ``plan`` or the
+    legacy ``current_period_*`` changed.
+    """
     prev = env.previous_attributes
     if not prev:
         return None
     p = "data.previous_attributes"
-    result: JSON = {}
     status = _text(prev.get("status"), f"{p}.status", MAX_SHORT_TEXT)
-    if status is not None:
-        result["status"] = status
-    if "cancel_at_period_end" in prev:
-        result["cancel_at_period_end"] = _bool(
-            prev["cancel_at_period_end"], f"{p}.cancel_at_period_end"
+    cancel = prev.get("cancel_at_period_end")
+    result: JSON = {
+        "status": status,
+        "cancel_at_period_end": _bool(cancel, f"{p}.cancel_at_period_end")
+        if cancel is not None
+        else None,
+        "items": None,
+    }
+    if isinstance(prev.get("items"), dict):
+        result["items"] = _items(
+            {**{k: v for k, v in env.obj.items() if k.startswith("current_period")}, **prev}, p
         )
-    # Stripe repeats the whole items list when any item field changed: keep real changes.
-    for key, value in _item_state(prev, p).items():
-        if value != current.get(key):
-            result[key] = value
-    return result or None
+    elif any(key in prev for key in ("plan", "current_period_start", "current_period_end")):
+        before = _items({**env.obj, **prev, "items": None}, p) if "plan" in prev else None
+        result["items"] = [
+            {
+                **item,
+                **({"price_id": before[0]["price_id"]} if before else {}),
+                **{
+                    key: _time(prev[key], f"{p}.{key}")
+                    for key in ("current_period_start", "current_period_end")
+                    if key in prev
+                },
+            }
+            for item in items[:1]
+        ] or None
+    if result == {"status": None, "cancel_at_period_end": None, "items": None}:
+        return None
+    return result
 
 
-def read_subscription(env: Envelope) -> JSON:
+def read_subscription(env: Envelope, lines: list[JSON] | None = None) -> JSON:
     obj, p = env.obj, "data.object"
     _expect_object(obj, "subscription")
-    state = _item_state(obj, p)
+    items = _items(obj, p)
     typed = {
         "id": _required_text(obj.get("id"), f"{p}.id"),
         "customer_id": _ref(obj.get("customer"), f"{p}.customer"),
         "status": _choice(obj.get("status"), f"{p}.status", SUBSCRIPTION_STATUSES),
-        "created": _int(obj.get("created"), f"{p}.created"),
-        "price_id": state.get("price_id"),
-        "current_period_start": state.get("current_period_start"),
-        "current_period_end": state.get("current_period_end"),
+        "created": _time(obj.get("created"), f"{p}.created"),
         "cancel_at_period_end": _bool(obj.get("cancel_at_period_end"), f"{p}.cancel_at_period_end"),
-        "canceled_at": _int(obj.get("canceled_at"), f"{p}.canceled_at"),
-        "ended_at": _int(obj.get("ended_at"), f"{p}.ended_at"),
+        "canceled_at": _time(obj.get("canceled_at"), f"{p}.canceled_at"),
+        "ended_at": _time(obj.get("ended_at"), f"{p}.ended_at"),
         "metadata_user_id": _metadata_value(obj, "user_id", p),
+        "items": items,
     }
-    typed["previous"] = _previous(env, typed)
+    typed["previous"] = _previous(env, typed, items)
     return typed
 
 
-def read_charge(env: Envelope) -> JSON:
+def read_charge(env: Envelope, lines: list[JSON] | None = None) -> JSON:
     obj, p = env.obj, "data.object"
     _expect_object(obj, "charge")
     return {
@@ -491,12 +623,17 @@ def read_charge(env: Envelope) -> JSON:
     }
 
 
-def read_dispute(env: Envelope) -> JSON:
+def read_dispute(env: Envelope, lines: list[JSON] | None = None) -> JSON:
     obj, p = env.obj, "data.object"
     _expect_object(obj, "dispute")
+    charge = _ref(obj.get("charge"), f"{p}.charge")
+    # Disputes had no id of their own before 2015: one per charge, named by it.
+    dispute_id = _text(obj.get("id"), f"{p}.id") or charge
+    if dispute_id is None:
+        raise Unreadable(f"{p}.id is missing (and there is no charge to name it by)")
     return {
-        "id": _required_text(obj.get("id"), f"{p}.id"),
-        "charge_id": _ref(obj.get("charge"), f"{p}.charge"),
+        "id": dispute_id,
+        "charge_id": charge,
         "payment_intent_id": _ref(obj.get("payment_intent"), f"{p}.payment_intent"),
         "amount": _required_int(obj.get("amount"), f"{p}.amount"),
         "currency": _text(obj.get("currency"), f"{p}.currency", 16),
@@ -505,26 +642,69 @@ def read_dispute(env: Envelope) -> JSON:
     }
 
 
-_READERS: dict[str, tuple[str, Callable[[Envelope], JSON]]] = {
+def read_invoice_payment(env: Envelope, lines: list[JSON] | None = None) -> JSON:
+    obj, p = env.obj, "data.object"
+    _expect_object(obj, "invoice_payment")
+    payment = _opt_dict(obj.get("payment"), f"{p}.payment") or {}
+    return {
+        "id": _required_text(obj.get("id"), f"{p}.id"),
+        "invoice_id": _required_text(_ref(obj.get("invoice"), f"{p}.invoice"), f"{p}.invoice"),
+        "payment_intent_id": _ref(payment.get("payment_intent"), f"{p}.payment.payment_intent"),
+        "charge_id": _ref(payment.get("charge"), f"{p}.payment.charge"),
+        "amount_paid": _int(obj.get("amount_paid"), f"{p}.amount_paid"),
+        "currency": _text(obj.get("currency"), f"{p}.currency", 16),
+        "status": _text(obj.get("status"), f"{p}.status", MAX_SHORT_TEXT),
+    }
+
+
+Reader = Callable[[Envelope, "list[JSON] | None"], JSON]
+
+_READERS: dict[str, tuple[str, Reader]] = {
     **dict.fromkeys(CHECKOUT_TYPES, ("checkout_session", read_checkout_session)),
     **dict.fromkeys(INVOICE_TYPES, ("invoice", read_invoice)),
     **dict.fromkeys(SUBSCRIPTION_TYPES, ("subscription", read_subscription)),
     **dict.fromkeys(CHARGE_TYPES, ("charge", read_charge)),
     **dict.fromkeys(DISPUTE_TYPES, ("dispute", read_dispute)),
+    **dict.fromkeys(INVOICE_PAYMENT_TYPES, ("invoice_payment", read_invoice_payment)),
 }
 
 
-def normalise(env: Envelope) -> JSON:
-    """The typed event for a handled envelope (schema/typed_event.schema.json)."""
+def livemode_problem(env: Envelope, key_is_live: bool | None) -> str | None:
+    """Why an event of the other mode than the API key's must not be applied."""
+    if key_is_live is None or env.livemode is None or env.livemode == key_is_live:
+        return None
+    event_mode, key_mode = ("live", "test") if env.livemode else ("test", "live")
+    return f"a {event_mode}-mode event, but STRIPE_SECRET_KEY is a {key_mode}-mode key"
+
+
+def normalise(
+    env: Envelope, *, lines: list[JSON] | None = None, key_is_live: bool | None = None
+) -> JSON:
+    """The typed event for a handled envelope (schema/typed_event.schema.json).
+
+    ``lines``: every line of an invoice whose event embeds only the first
+    page (fetched by the caller). ``key_is_live``: the mode of the Stripe
+    key, when known; an event of the other mode gets a problem. An object
+    that cannot be read gives a typed event with a ``problem`` and no
+    object: the database records it as rejected.
+    """
     key, reader = _READERS[env.type]
-    return {
+    typed: JSON = {
         "schema_version": SCHEMA_VERSION,
         "id": env.id,
         "type": env.type,
         "created": env.created,
         "livemode": env.livemode,
-        "api_version": env.api_version,
+        "api_version": env.api_version if env.api_version and len(env.api_version) <= 64 else None,
         "layout": layout_of(env),
+        "problem": _envelope_problem(env) or livemode_problem(env, key_is_live),
         "raw": env.raw,
-        key: reader(env),
     }
+    if typed["problem"] is None:
+        try:
+            typed[key] = reader(env, lines)
+        except Unreadable as unreadable:
+            typed["problem"] = unreadable.reason
+    if typed["problem"] is not None:
+        typed["problem"] = _explain(typed["problem"], env)[:1000]
+    return typed

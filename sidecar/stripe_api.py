@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import stripe
@@ -104,6 +104,15 @@ class StripeApi:
         if session.url is None:  # only embedded sessions lack one; ours are hosted
             raise StripeUnavailable("Stripe returned a Checkout Session without a URL")
         return session.url
+
+    async def invoice_lines(self, invoice_id: str) -> list[dict[str, Any]]:
+        """Every line of an invoice (all pages of GET /v1/invoices/{id}/lines), as sent."""
+
+        async def fetch() -> list[dict[str, Any]]:
+            page = await self.client.v1.invoices.line_items.list_async(invoice_id, {"limit": 100})
+            return [line.to_dict() async for line in page.auto_paging_iter()]
+
+        return await self._call("list the invoice's lines", fetch)
 
     async def create_portal_session(self, customer_id: str, return_url: str) -> str:
         params: PortalSessionParams = {"customer": customer_id, "return_url": return_url}

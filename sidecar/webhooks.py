@@ -1,8 +1,11 @@
 """POST /webhooks/stripe: verify, normalise, apply, answer.
 
-Statuses tell Stripe what to do next: 400/413 for what no retry can fix
-(nothing is stored), 200 once the outcome is durably recorded (or the type
-is ignored), 503 when the database is away (Stripe retries later).
+Statuses tell Stripe what to do next: 400/413 for a body that is not a
+signed Stripe event (nothing is stored), 200 once the outcome is durably
+recorded (or the type is ignored), 503 when the database or Stripe (for the
+rest of an invoice's lines) is away: Stripe retries later. A signed event
+that cannot be read is never refused: it is recorded as rejected with its
+reason (docs/operations.md says how to re-apply it after a fix).
 """
 
 from __future__ import annotations
@@ -13,14 +16,13 @@ from typing import Any
 from aiohttp import web
 
 from sidecar import events, signature
-from sidecar.context import CONFIG, DATABASE, METRICS
+from sidecar.context import CONFIG, DATABASE, METRICS, STRIPE
 from sidecar.db import DatabaseError, DatabaseUnavailable
 from sidecar.observability import Stopwatch, logger
 from sidecar.responses import error, ok
+from sidecar.stripe_api import StripeUnavailable
 
 MAX_BODY_BYTES = 1024 * 1024
-# SQLSTATE classes meaning "this event's content is unacceptable": no retry helps.
-INPUT_SQLSTATE_CLASSES = ("22", "23")
 
 
 async def read_body(request: web.Request) -> bytes | None:
@@ -54,10 +56,20 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         _record(request, envelope, "ignored", watch)
         return ok({"status": "ignored", "event_id": envelope.id})
     try:
-        typed = events.normalise(envelope)
-    except events.Unreadable as problem:
-        return _refused(400, problem.reason, watch, envelope)
+        lines = await _all_lines(request, envelope)
+    except StripeUnavailable as problem:
+        _record(request, envelope, "stripe_unavailable", watch, detail=problem.reason)
+        return error(503, "Stripe unavailable while reading the invoice's lines; retry later")
+    typed = events.normalise(envelope, lines=lines, key_is_live=config.stripe_key_is_live)
     return await _apply(request, envelope, typed, watch)
+
+
+async def _all_lines(request: web.Request, envelope: events.Envelope) -> list[Any] | None:
+    """Every line of an invoice whose event embeds only the first page; else None."""
+    invoice_id = events.more_lines_of(envelope)
+    if invoice_id is None:
+        return None
+    return await request.app[STRIPE].invoice_lines(invoice_id)
 
 
 async def _apply(
@@ -71,9 +83,8 @@ async def _apply(
         _record(request, envelope, "unavailable", watch, detail=str(problem))
         return error(503, "database unavailable; retry later")
     except DatabaseError as problem:
-        if (problem.sqlstate or "").startswith(INPUT_SQLSTATE_CLASSES):
-            _record(request, envelope, "refused", watch, sqlstate=problem.sqlstate)
-            return error(400, f"event refused by the database ({problem.sqlstate})")
+        # The database records whatever it cannot read; an error here is
+        # one a later attempt may not meet (Stripe retries for three days).
         _record(request, envelope, "db_error", watch, sqlstate=problem.sqlstate)
         return error(503, "database error; retry later")
     outcome = str(result.get("status", "unknown"))

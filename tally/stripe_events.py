@@ -482,16 +482,32 @@ def subscription(
     ended_at: int | None = None,
     latest_invoice: str | None = None,
     livemode: bool = False,
+    leading_prices: tuple[JSON, ...] = (),
 ) -> JSON:
-    """A subscription with one item (fixture ``subscription.json``)."""
-    item = subscription_item(
-        layout=layout,
-        id=item_id,
-        subscription=id,
-        price_obj=price_obj,
-        created=item_created,
-        current_period_start=current_period_start,
-        current_period_end=current_period_end,
+    """A subscription (fixture ``subscription.json``): its plan item, after
+    ``leading_prices`` (other items listed first, a metered price say)."""
+    items = [
+        subscription_item(
+            layout=layout,
+            id=f"{item_id}_{n}",
+            subscription=id,
+            price_obj=other,
+            created=item_created,
+            current_period_start=current_period_start,
+            current_period_end=current_period_end,
+        )
+        for n, other in enumerate(leading_prices)
+    ]
+    items.append(
+        subscription_item(
+            layout=layout,
+            id=item_id,
+            subscription=id,
+            price_obj=price_obj,
+            created=item_created,
+            current_period_start=current_period_start,
+            current_period_end=current_period_end,
+        )
     )
     sub: JSON = {
         "id": id,
@@ -527,9 +543,9 @@ def subscription(
         "invoice_settings": {"account_tax_ids": None, "issuer": {"type": "self"}},
         "items": {
             "object": "list",
-            "data": [item],
+            "data": items,
             "has_more": False,
-            "total_count": 1,
+            "total_count": len(items),
             "url": f"/v1/subscription_items?subscription={id}",
         },
         "latest_invoice": latest_invoice,
@@ -559,8 +575,8 @@ def subscription(
     if layout == "legacy":
         sub["current_period_start"] = current_period_start
         sub["current_period_end"] = current_period_end
-        sub["plan"] = _plan_of(price_obj)
-        sub["quantity"] = 1
+        sub["plan"] = _plan_of(price_obj) if not leading_prices else None
+        sub["quantity"] = 1 if not leading_prices else None
     return sub
 
 
@@ -578,8 +594,21 @@ def invoice_line(
     proration: bool = False,
     description: str | None = None,
     livemode: bool = False,
+    credited_invoice: str | None = None,
+    parent_kind: Literal["subscription_item_details", "invoice_item_details"] | None = None,
 ) -> JSON:
-    """One invoice line of a subscription (fixture ``line_item.json``)."""
+    """One invoice line of a subscription (fixture ``line_item.json``).
+
+    A proration line crediting unused time names the invoice it credits
+    (``proration_details.credited_items``) and has a negative amount. In
+    the basil layout a proration is an invoice item's line
+    (``parent.invoice_item_details``) unless ``parent_kind`` says otherwise.
+    """
+    credited = (
+        {"invoice": credited_invoice, "invoice_line_items": [f"il_{credited_invoice[3:]}"]}
+        if credited_invoice
+        else None
+    )
     line: JSON = {
         "id": id,
         "object": "line_item",
@@ -603,7 +632,7 @@ def invoice_line(
                 "plan": _plan_of(price_obj),
                 "price": copy.deepcopy(price_obj),
                 "proration": proration,
-                "proration_details": {"credited_items": None},
+                "proration_details": {"credited_items": credited},
                 "subscription": subscription,
                 "subscription_item": subscription_item,
                 "tax_amounts": [],
@@ -613,18 +642,25 @@ def invoice_line(
             }
         )
         return line
+    kind = parent_kind or ("invoice_item_details" if proration else "subscription_item_details")
+    details: JSON = {
+        "invoice_item": f"ii_{id[3:]}" if proration else None,
+        "proration": proration,
+        "proration_details": {"credited_items": credited},
+        "subscription": subscription,
+    }
+    if kind == "subscription_item_details":
+        details["subscription_item"] = subscription_item
+    else:
+        details["invoice_item"] = f"ii_{id[3:]}"
     line.update(
         {
             "parent": {
-                "invoice_item_details": None,
-                "subscription_item_details": {
-                    "invoice_item": f"ii_{id[3:]}" if proration else None,
-                    "proration": proration,
-                    "proration_details": {"credited_items": None},
-                    "subscription": subscription,
-                    "subscription_item": subscription_item,
-                },
-                "type": "subscription_item_details",
+                "invoice_item_details": details if kind == "invoice_item_details" else None,
+                "subscription_item_details": (
+                    details if kind == "subscription_item_details" else None
+                ),
+                "type": kind,
             },
             "pretax_credit_amounts": [],
             "pricing": {
@@ -657,8 +693,15 @@ def invoice(
     payment_intent: str | None = None,
     currency: str = "usd",
     livemode: bool = False,
+    embedded_lines: int | None = None,
 ) -> JSON:
-    """An invoice (fixture ``invoice.json``). Amounts are the sum of ``lines``."""
+    """An invoice (fixture ``invoice.json``). Amounts are the sum of ``lines``.
+
+    Stripe embeds only the first page of lines in an event: with
+    ``embedded_lines`` only that many are embedded and ``has_more`` is set
+    (``GET /v1/invoices/{id}/lines`` gives all of them).
+    """
+    shown = lines if embedded_lines is None else lines[:embedded_lines]
     total = sum(line["amount"] for line in lines)
     paid = status == "paid"
     due = max(total, 0)
@@ -717,8 +760,8 @@ def invoice(
         "latest_revision": None,
         "lines": {
             "object": "list",
-            "data": copy.deepcopy(lines),
-            "has_more": False,
+            "data": copy.deepcopy(shown),
+            "has_more": len(shown) < len(lines),
             "total_count": len(lines),
             "url": f"/v1/invoices/{id}/lines",
         },
@@ -978,6 +1021,43 @@ def dispute(
     }
 
 
+def invoice_payment(
+    *,
+    id: str,
+    invoice: str,
+    payment_intent: str | None,
+    amount_paid: int,
+    created: int,
+    charge: str | None = None,
+    currency: str = "usd",
+    livemode: bool = False,
+) -> JSON:
+    """An invoice payment (fixture ``invoice_payment.json``): which payment paid an invoice.
+
+    Basil and later only; ``invoice_payment.paid`` is the one webhook that
+    joins a payment intent (or, for old-style charges, a charge) to its invoice.
+    """
+    payment: JSON = (
+        {"type": "payment_intent", "payment_intent": payment_intent}
+        if payment_intent
+        else {"type": "charge", "charge": charge}
+    )
+    return {
+        "id": id,
+        "object": "invoice_payment",
+        "amount_paid": amount_paid,
+        "amount_requested": amount_paid,
+        "created": created,
+        "currency": currency,
+        "invoice": invoice,
+        "is_default": True,
+        "livemode": livemode,
+        "payment": payment,
+        "status": "paid",
+        "status_transitions": {"canceled_at": None, "paid_at": created},
+    }
+
+
 # --------------------------------------------------------------------------
 # StripeWorld: a simulated Stripe account playing customer lifecycles
 # --------------------------------------------------------------------------
@@ -1026,7 +1106,10 @@ class Subscription:
     canceled_at: int | None = None
     ended_at: int | None = None
     latest_invoice: str | None = None
-    pending_prorations: list[tuple[str, int]] = field(default_factory=list)
+    # (price, amount, start) of prorations not invoiced yet.
+    pending_prorations: list[tuple[str, int, int]] = field(default_factory=list)
+    # A downgrade scheduled for the period's end (a subscription schedule).
+    scheduled_price_id: str | None = None
     payments: list[Payment] = field(default_factory=list)
 
 
@@ -1291,6 +1374,9 @@ class StripeWorld:
             "current_period_end": sub.current_period_end,
             "latest_invoice": sub.latest_invoice,
         }
+        if sub.scheduled_price_id:
+            changes["price_id"] = sub.price_id
+            sub.price_id, sub.scheduled_price_id = sub.scheduled_price_id, None
         sub.current_period_start = sub.current_period_end
         sub.current_period_end = sub.current_period_start + MONTH
         events = self._bill(sub, "subscription_cycle", paid=paid)
@@ -1304,7 +1390,7 @@ class StripeWorld:
     def _bill(self, sub: Subscription, reason: str, *, paid: bool) -> list[JSON]:
         """Invoice the current period (plus pending prorations) and try to pay it."""
         inv_id = self.ids.new("in")
-        lines = [self._proration_line(sub, inv_id, p, a) for p, a in sub.pending_prorations]
+        lines = [self._proration_line(sub, inv_id, *pending) for pending in sub.pending_prorations]
         sub.pending_prorations = []
         price_obj = self.price_object(sub.price_id)
         lines.append(
@@ -1325,20 +1411,23 @@ class StripeWorld:
         open_invoice = OpenInvoice(inv_id, sub, lines, reason, attempt_count=1)
         return self._attempt(open_invoice, paid=paid)
 
-    def _proration_line(self, sub: Subscription, inv_id: str, price_id: str, amount: int) -> JSON:
+    def _proration_line(
+        self, sub: Subscription, inv_id: str, price_id: str, amount: int, start: int
+    ) -> JSON:
         return invoice_line(
             layout=self.layout,
             id=self.ids.new("il"),
             invoice=inv_id,
             price_obj=self.price_object(price_id),
             amount=amount,
-            period_start=self.clock.now,
+            period_start=start,
             period_end=sub.current_period_end,
             subscription=sub.id,
             subscription_item=sub.item_id,
             proration=True,
             description=("Unused time on " if amount < 0 else "Remaining time on ") + price_id,
             livemode=self.livemode,
+            credited_invoice=sub.latest_invoice if amount < 0 else None,
         )
 
     def _attempt(self, inv: OpenInvoice, *, paid: bool) -> list[JSON]:
@@ -1373,9 +1462,23 @@ class StripeWorld:
         events.append(self._emit("invoice.paid" if paid else "invoice.payment_failed", obj))
         if paid and self.noise:
             events.append(self._emit("invoice.payment_succeeded", obj))
+        if payment and self.layout == "basil":
+            # From basil on, the only webhook that joins a payment to its invoice.
+            events.append(self._emit("invoice_payment.paid", self.invoice_payment_object(payment)))
         if not paid:
             self._open_invoices[sub.id] = inv
         return events
+
+    def invoice_payment_object(self, payment: Payment) -> JSON:
+        assert payment.invoice_id is not None
+        return invoice_payment(
+            id=self.ids.new("inpay"),
+            invoice=payment.invoice_id,
+            payment_intent=payment.payment_intent_id,
+            amount_paid=payment.amount,
+            created=payment.created,
+            livemode=self.livemode,
+        )
 
     def fail_renewal(self, sub: Subscription) -> list[JSON]:
         """The renewal payment fails: ``invoice.payment_failed``, subscription ``past_due``."""
@@ -1401,13 +1504,16 @@ class StripeWorld:
         *,
         invoice_now: bool = False,
         same_second: bool = False,
+        paid: bool = True,
     ) -> list[JSON]:
         """Upgrade or downgrade within the period, with prorations.
 
         ``customer.subscription.updated`` with ``previous_attributes`` naming the
-        old price. With ``invoice_now`` an ``invoice.paid`` follows that holds
-        only proration lines (billing_reason ``subscription_update``);
-        otherwise the prorations wait for the next renewal invoice.
+        old price. With ``invoice_now`` (``proration_behavior=always_invoice``)
+        an invoice follows at once that holds only proration lines
+        (billing_reason ``subscription_update``): ``invoice.paid``, or
+        ``invoice.payment_failed`` when not ``paid``; otherwise the prorations
+        wait for the next renewal invoice.
         """
         if not same_second:
             self._tick()
@@ -1418,17 +1524,26 @@ class StripeWorld:
         debit = round(self.prices.get(new_price_id, DEFAULT_AMOUNT) * remaining / period)
         sub.price_id = new_price_id
         events = [self._subscription_updated(sub, {"price_id": old_price})]
-        sub.pending_prorations += [(old_price, credit), (new_price_id, debit)]
+        sub.pending_prorations += [
+            (old_price, credit, self.clock.now),
+            (new_price_id, debit, self.clock.now),
+        ]
         if invoice_now:
-            events += self._invoice_prorations(sub)
+            events += self._invoice_prorations(sub, paid=paid)
         return events
 
-    def _invoice_prorations(self, sub: Subscription) -> list[JSON]:
+    def _invoice_prorations(self, sub: Subscription, *, paid: bool = True) -> list[JSON]:
         self._tick()
         inv_id = self.ids.new("in")
-        lines = [self._proration_line(sub, inv_id, p, a) for p, a in sub.pending_prorations]
+        lines = [self._proration_line(sub, inv_id, *pending) for pending in sub.pending_prorations]
         sub.pending_prorations = []
-        return self._attempt(OpenInvoice(inv_id, sub, lines, "subscription_update", 1), paid=True)
+        return self._attempt(OpenInvoice(inv_id, sub, lines, "subscription_update", 1), paid=paid)
+
+    def schedule_change(self, sub: Subscription, new_price_id: str) -> list[JSON]:
+        """A plan change for the period's end (a subscription schedule): the next
+        renewal bills the new price; nothing is sent until then."""
+        sub.scheduled_price_id = new_price_id
+        return []
 
     def cancel(self, sub: Subscription, *, at_period_end: bool = True) -> list[JSON]:
         """Cancel: scheduled (``cancel_at_period_end``) or immediate (``deleted``)."""

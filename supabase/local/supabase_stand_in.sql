@@ -1,7 +1,8 @@
 -- A small, faithful stand-in for what a Supabase project provides before any
 -- migration runs: the API roles, auth.users, auth.uid()/role()/jwt() reading
--- the request claims the way PostgREST sets them, and Supabase's default
--- privileges in schema public. Applied locally and in tests before the
+-- the request claims the way PostgREST sets them, Realtime's broadcast from
+-- the database (realtime.messages, realtime.send(), realtime.topic()), and
+-- Supabase's default privileges in schema public. Applied locally and in tests before the
 -- migrations; never shipped as a migration (Supabase already has all of it).
 
 do $$
@@ -77,6 +78,69 @@ $$;
 grant usage on schema auth to anon, authenticated, service_role;
 grant execute on function auth.uid(), auth.role(), auth.jwt() to anon, authenticated, service_role;
 grant all on auth.users to service_role;
+
+-- Realtime broadcast from the database, as Supabase Realtime installs it:
+-- realtime.send() writes a message to realtime.messages (partitioned by
+-- day), with the topic in the transaction setting realtime.topic, which
+-- realtime.topic() reads in the row-level security policies that decide
+-- who receives it. Realtime's own server creates the daily partitions; here
+-- send() creates the day's partition itself, as Realtime's earlier send()
+-- did. A failure to send is a warning, never an error of the caller.
+create schema if not exists realtime;
+grant usage on schema realtime to postgres, anon, authenticated, service_role;
+
+create table if not exists realtime.messages (
+  topic text not null,
+  extension text not null,
+  payload jsonb,
+  event text,
+  private boolean default false,
+  updated_at timestamp without time zone not null default now(),
+  inserted_at timestamp without time zone not null default now(),
+  id uuid not null default gen_random_uuid(),
+  primary key (id, inserted_at)
+) partition by range (inserted_at);
+alter table realtime.messages enable row level security;
+grant select, insert, update on realtime.messages to anon, authenticated, service_role;
+
+create or replace function realtime.topic() returns text
+language sql stable
+as $$
+  select nullif(current_setting('realtime.topic', true), '')::text;
+$$;
+
+create or replace function realtime.send(payload jsonb, event text, topic text,
+                                         private boolean default true)
+returns void
+language plpgsql
+as $$
+declare
+  partition_name text := 'messages_' || to_char(now(), 'YYYY_MM_DD');
+  generated_id uuid := gen_random_uuid();
+begin
+  begin
+    if not exists (select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                    where n.nspname = 'realtime' and c.relname = partition_name) then
+      execute format('create table realtime.%I partition of realtime.messages'
+                     ' for values from (%L) to (%L)', partition_name,
+                     date_trunc('day', now()::timestamp),
+                     date_trunc('day', now()::timestamp) + interval '1 day');
+    end if;
+    execute format('set local realtime.topic to %L', topic);
+    insert into realtime.messages (id, payload, event, topic, private, extension)
+    values (generated_id,
+            case when payload ? 'id' then payload
+                 else jsonb_set(payload, '{id}', to_jsonb(generated_id)) end,
+            event, topic, private, 'broadcast');
+  exception
+    when others then
+      raise warning 'ErrorSendingBroadcastMessage: %', sqlerrm;
+  end;
+end;
+$$;
+
+grant execute on function realtime.topic() to anon, authenticated, service_role;
+revoke all on function realtime.send(jsonb, text, text, boolean) from public;
 
 -- Supabase's defaults: the API roles may use public, and everything created
 -- there by postgres is fully granted to them unless a migration revokes it.

@@ -4,9 +4,10 @@
 --
 -- Supabase grants every privilege on new objects in `public` to anon and
 -- authenticated by default, and Postgres grants EXECUTE on every new
--- function to PUBLIC. We revoke the per-schema defaults here, once, and every
--- later migration revokes and grants each object explicitly, right under its
--- definition.
+-- function to PUBLIC. We revoke those defaults here, once, so that a
+-- function added later (by us or by the app) is callable by nobody until
+-- it is granted; every migration still revokes and grants each object
+-- explicitly, right under its definition.
 --
 -- Functions that act for someone else (security definer) and PL/pgSQL
 -- functions pin `search_path = ''`. Small SQL helpers (one expression) do
@@ -24,3 +25,7 @@ grant usage on schema tally to authenticated, service_role;
 alter default privileges in schema public revoke all on tables from anon, authenticated;
 alter default privileges in schema public revoke all on functions from anon, authenticated;
 alter default privileges in schema public revoke all on sequences from anon, authenticated;
+-- Postgres' own default (EXECUTE for PUBLIC, which anon and authenticated
+-- are part of), for every function the migrations' role creates anywhere.
+alter default privileges revoke execute on functions from public;
+alter default privileges in schema public revoke execute on functions from public;

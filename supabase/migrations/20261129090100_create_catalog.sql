@@ -1,7 +1,7 @@
 -- The catalog: subscription plans and one-off credit packs, looked up by
 -- Stripe price id. Credit amounts always come from here, never from event
 -- metadata. Readable by everyone (the pricing page), writable by no client.
--- Also the settings row that holds the signup grant.
+-- Also the settings row: the signup grant and the low-balance threshold.
 
 create table public.plans (
   key text primary key check (key ~ '^[a-z0-9_-]{1,64}$'),
@@ -52,7 +52,10 @@ create policy "Anyone can read credit packs"
 -- One row of settings; the check on `singleton` keeps it one row.
 create table tally.settings (
   singleton boolean primary key default true check (singleton),
-  signup_credits integer not null check (signup_credits >= 0)
+  -- Plan credits of the free grant every (non-anonymous) user gets once.
+  signup_credits integer not null check (signup_credits >= 0),
+  -- Available credits below this emit credits.low to the app's backend.
+  low_balance_threshold integer not null default 100 check (low_balance_threshold >= 0)
 );
 
 insert into tally.settings (singleton, signup_credits) values (true, 500);

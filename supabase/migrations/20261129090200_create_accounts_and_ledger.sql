@@ -9,13 +9,18 @@ create table tally.accounts (
   addon_credits integer not null default 0 check (addon_credits >= 0),
   -- The plan period the plan credits belong to: the signup grant (no
   -- subscription) or the newest paid period of one of the user's
-  -- subscriptions. plan_spent counts what was drawn from plan credits in it,
-  -- so a plan change can give max(0, new allowance - plan_spent).
+  -- subscriptions. Plan credits are max(0, plan_allowance - plan_clawed -
+  -- plan_spent): the allowance the period's payments bought (its invoice
+  -- and paid upgrades, lowered by immediate downgrades), less what refunds
+  -- and open disputes of those payments took back, less what was drawn.
   period_subscription_id text,
   period_start timestamptz,
   period_end timestamptz,
   plan_allowance integer not null default 0 check (plan_allowance >= 0),
+  plan_refunded integer not null default 0 check (plan_refunded >= 0),
+  plan_disputed integer not null default 0 check (plan_disputed >= 0),
   plan_spent integer not null default 0 check (plan_spent >= 0),
+  has_signup_grant boolean not null default false,
   -- What credit_balances shows about the user's most relevant subscription,
   -- kept up to date by tally.refresh_subscription_summary.
   subscription_id text,
@@ -25,10 +30,7 @@ create table tally.accounts (
   current_period_end timestamptz,
   cancel_at_period_end boolean not null default false,
   created_at timestamptz not null default now(),
-  updated_at timestamptz not null default now(),
-  -- Add-on credits clawed back but already spent (clawback shortfalls),
-  -- collected first from add-on credits a reversed spend gives back.
-  addon_debt integer not null default 0 check (addon_debt >= 0)
+  updated_at timestamptz not null default now()
 );
 
 alter table tally.accounts enable row level security;
@@ -48,7 +50,7 @@ create table tally.ledger_entries (
     'signup', 'subscription_period', 'plan_change', 'addon_purchase',
     'refund_clawback', 'dispute_clawback', 'dispute_reinstated',
     'subscription_refund', 'subscription_dispute',
-    'spend', 'spend_reversal', 'adjustment'
+    'spend', 'spend_reversal', 'hold_commit', 'adjustment'
   )),
   plan_delta integer not null,
   addon_delta integer not null,
@@ -56,10 +58,15 @@ create table tally.ledger_entries (
   shortfall integer not null default 0 check (shortfall >= 0),
   plan_after integer not null check (plan_after >= 0),
   addon_after integer not null check (addon_after >= 0),
+  -- What caused it: the Stripe event and the Stripe object behind the row
+  -- (invoice, Checkout Session, charge, dispute, subscription), or the
+  -- idempotency key of a spend, hold or adjustment.
   stripe_event_id text,
-  business_key text,
+  stripe_object_id text,
   checkout_session_id text,
   spend_key text,
+  business_key text,
+  description text not null,
   reason text,
   created_at timestamptz not null default clock_timestamp()
 );
@@ -100,20 +107,48 @@ create trigger ledger_entries_are_never_truncated
   before truncate on tally.ledger_entries
   for each statement execute function tally.forbid_ledger_rewrite();
 
--- Apply a change to a locked account and record it (plan_spent moves with
--- spends and their reversals). The caller holds the
--- account row lock (tally.lock_account). The Stripe event being applied, if
--- any, is read from the transaction setting tally.event_id.
+-- What every entry records beyond its amounts.
+create type tally.entry_cause as (
+  description text,
+  stripe_event_id text,
+  stripe_object_id text,
+  checkout_session_id text,
+  spend_key text,
+  business_key text,
+  reason text
+);
+
+-- A cause in one call: the sentence first, then whatever ids apply.
+create function tally.cause(
+  p_description text,
+  p_stripe_event_id text default null,
+  p_stripe_object_id text default null,
+  p_checkout_session_id text default null,
+  p_spend_key text default null,
+  p_business_key text default null,
+  p_reason text default null
+) returns tally.entry_cause
+language sql
+immutable
+as $$
+  select row(p_description, p_stripe_event_id, p_stripe_object_id, p_checkout_session_id,
+             p_spend_key, p_business_key, p_reason)::tally.entry_cause;
+$$;
+
+revoke all on function tally.cause(text, text, text, text, text, text, text)
+  from public, anon, authenticated;
+
+-- Apply a change to a locked account and record it; plan_spent moves with
+-- draws on plan credits and their reversals. The caller holds the account
+-- row lock (tally.lock_account). Then the hooks every change shares: holds
+-- still fit, balance events for the app, the live balance broadcast.
 create function tally.post_entry(
   p_user_id uuid,
   p_kind text,
   p_plan_delta integer,
   p_addon_delta integer,
+  p_cause tally.entry_cause,
   p_shortfall integer default 0,
-  p_business_key text default null,
-  p_checkout_session_id text default null,
-  p_spend_key text default null,
-  p_reason text default null,
   p_plan_spent_delta integer default 0
 ) returns tally.ledger_entries
 language plpgsql
@@ -133,19 +168,20 @@ begin
 
   insert into tally.ledger_entries (
     user_id, kind, plan_delta, addon_delta, shortfall, plan_after, addon_after,
-    stripe_event_id, business_key, checkout_session_id, spend_key, reason
+    stripe_event_id, stripe_object_id, checkout_session_id, spend_key, business_key,
+    description, reason
   ) values (
     p_user_id, p_kind, p_plan_delta, p_addon_delta, p_shortfall,
     v_account.plan_credits, v_account.addon_credits,
-    nullif(current_setting('tally.event_id', true), ''), p_business_key,
-    p_checkout_session_id, p_spend_key, p_reason
+    p_cause.stripe_event_id, p_cause.stripe_object_id, p_cause.checkout_session_id,
+    p_cause.spend_key, p_cause.business_key, p_cause.description, p_cause.reason
   ) returning * into v_entry;
+  perform tally.after_balance_change(v_account, v_entry);
   return v_entry;
 end;
 $$;
 
-revoke all on function
-  tally.post_entry(uuid, text, integer, integer, integer, text, text, text, text, integer)
+revoke all on function tally.post_entry(uuid, text, integer, integer, tally.entry_cause, integer, integer)
   from public, anon, authenticated;
 
 -- Lock a user's account row; every credit change of a user goes through
@@ -164,27 +200,6 @@ $$;
 
 revoke all on function tally.lock_account(uuid) from public, anon, authenticated;
 
-create view public.credit_balances
-  with (security_invoker = true)
-as
-select user_id,
-       plan_credits,
-       addon_credits,
-       plan_credits + addon_credits as total_credits,
-       plan_key,
-       subscription_status,
-       current_period_start,
-       current_period_end,
-       cancel_at_period_end,
-       updated_at
-  from tally.accounts;
-
-comment on view public.credit_balances is
-  'One row per user: plan and add-on credits and their subscription. Each user sees only their own row.';
-
-revoke all on table public.credit_balances from public, anon, authenticated;
-grant select on table public.credit_balances to authenticated, service_role;
-
 create view public.credit_ledger
   with (security_invoker = true)
 as
@@ -198,17 +213,19 @@ select id,
        plan_after,
        addon_after,
        plan_after + addon_after as total_after,
+       description,
        stripe_event_id,
-       business_key,
+       stripe_object_id,
        checkout_session_id,
-       spend_key,
+       spend_key as idempotency_key,
+       business_key,
        reason,
        created_at
   from tally.ledger_entries
  order by created_at desc, id desc;
 
 comment on view public.credit_ledger is
-  'Every change of the user''s balance, newest first. Each user sees only their own entries.';
+  'Every change of the user''s balance, newest first, in words and with its Stripe object. Each user sees only their own entries.';
 
 revoke all on table public.credit_ledger from public, anon, authenticated;
 grant select on table public.credit_ledger to authenticated, service_role;

@@ -1,21 +1,25 @@
 -- What tally knows about Stripe: every received event (the audit record and
 -- the idempotency key), the customer-to-user links, a mirror of each
--- subscription, the paid periods, pack purchases, refunds and disputes.
--- Each effect has a business key of its own (subscription + period,
--- Checkout Session, charge, dispute), so two event ids announcing one change
--- still apply it once. Every table carries user_id where a user is known,
--- so all contention stays per user.
+-- subscription, the paid periods and the invoices behind them, pack
+-- purchases, charges, refunds and disputes. Each effect has a business key
+-- of its own (subscription + period, invoice, Checkout Session, charge,
+-- dispute), so two event ids announcing one change still apply it once.
+-- Every table carries user_id where a user is known, so all contention
+-- stays per user.
 
 create table tally.stripe_events (
   event_id text primary key,
   type text not null,
-  stripe_created_at timestamptz not null,
-  livemode boolean not null,
+  stripe_created_at timestamptz,
+  livemode boolean,
   api_version text,
-  layout text not null,
-  -- Keys that park and un-park the event.
+  layout text,
   customer_id text,
   payment_intent_id text,
+  -- A parked event waits for this key ('customer:cus_..', 'payment_intent:pi_..',
+  -- 'charge:ch_..', 'invoice:in_..') and is applied when it appears.
+  waiting_on text,
+  is_ready boolean not null default false,
   user_id uuid,
   outcome text not null check (outcome in ('processing', 'applied', 'parked', 'rejected')),
   reason text,
@@ -26,16 +30,19 @@ create table tally.stripe_events (
   attempts integer not null default 1
 );
 
-create index stripe_events_parked_customer_idx
-  on tally.stripe_events (customer_id) where outcome = 'parked';
-create index stripe_events_parked_payment_intent_idx
-  on tally.stripe_events (payment_intent_id) where outcome = 'parked';
+create index stripe_events_waiting_idx
+  on tally.stripe_events (waiting_on) where outcome = 'parked';
+create index stripe_events_ready_idx
+  on tally.stripe_events (stripe_created_at, event_id) where outcome = 'parked' and is_ready;
 create index stripe_events_rejected_idx
   on tally.stripe_events (received_at) where outcome = 'rejected';
+create index stripe_events_user_id_idx on tally.stripe_events (user_id);
 
 create table tally.customers (
   customer_id text primary key,
   user_id uuid not null,
+  -- 'link_stripe_customer' (the sidecar made it for the user, or an
+  -- operator linked it) or 'event' (an object the product made named both).
   source text not null,
   linked_at timestamptz not null default now()
 );
@@ -64,8 +71,9 @@ create table tally.subscriptions (
 create index subscriptions_user_id_idx on tally.subscriptions (user_id);
 
 -- Every subscription event and every invoice of a subscription, as
--- observed. The mirror above and each period's plan are folded from these
--- (20261129090700), so they depend on the set of events, not their order.
+-- observed. The mirror above and each period's allowance are folded from
+-- these (20261129090700), so they depend on the set of events, not their
+-- order.
 create table tally.subscription_observations (
   subscription_id text not null,
   stripe_event_id text not null,
@@ -73,52 +81,38 @@ create table tally.subscription_observations (
   source text not null check (source in ('subscription', 'invoice')),
   observed_at timestamptz not null,
   customer_id text,
-  -- Subscription events: the state they announce and the state they left.
+  -- Subscription events: the state they announce and the state they left
+  -- (previous: status, cancel_at_period_end, price_id, current_period_*,
+  -- only what changed).
   status text,
   previous jsonb,
   cancel_at_period_end boolean,
   canceled_at timestamptz,
   ended_at timestamptz,
   subscription_created_at timestamptz,
-  -- Both: the plan and period (invoices: of their non-proration line).
+  -- The plan (catalog price) and its period; invoices: of their plan line.
   price_id text,
   current_period_start timestamptz,
   current_period_end timestamptz,
-  -- Invoices: how the payment went, what paid it (legacy layout), and when
-  -- the invoice and so its line were created.
+  -- Invoices: how the payment went and why the invoice was made.
   is_paid boolean,
   billing_reason text,
-  charge_id text,
-  payment_intent_id text,
-  line_observed_at timestamptz,
   primary key (subscription_id, stripe_event_id)
 );
 
-create index subscription_observations_order_idx
-  on tally.subscription_observations (subscription_id, observed_at);
 create index subscription_observations_period_idx
   on tally.subscription_observations (subscription_id, current_period_start);
-create index subscription_observations_charge_idx
-  on tally.subscription_observations (charge_id) where charge_id is not null;
-create index subscription_observations_payment_intent_idx
-  on tally.subscription_observations (payment_intent_id) where payment_intent_id is not null;
 
--- The plan of each subscription period, folded from the observations.
-create table tally.period_plans (
-  subscription_id text not null,
-  period_start timestamptz not null,
-  user_id uuid not null,
-  price_id text not null,
-  primary key (subscription_id, period_start)
-);
-
--- Business key of a period grant: subscription + period start.
+-- Business key of a period grant: subscription + period start. price_id is
+-- the plan its invoice billed (the earliest such invoice, if several).
 create table tally.paid_periods (
   subscription_id text not null,
   period_start timestamptz not null,
   period_end timestamptz not null,
   user_id uuid not null,
+  price_id text not null,
   invoice_id text not null,
+  invoice_created_at timestamptz not null,
   stripe_event_id text not null,
   paid_at timestamptz not null default now(),
   -- Plan credits spent in this period, recorded when the account moves on.
@@ -128,6 +122,39 @@ create table tally.paid_periods (
 
 create index paid_periods_user_id_idx on tally.paid_periods (user_id, period_start desc);
 
+-- Business key of an invoice's grant: the invoice. What a paid subscription
+-- invoice paid for: a period (its plan's monthly credits) or an upgrade
+-- (its proration lines' share), and so what its refunds and disputes take
+-- back. The period of a proration invoice is the paid period that contains
+-- its lines; until that period is known, granted stays null.
+create table tally.invoices (
+  invoice_id text not null,
+  user_id uuid not null,
+  subscription_id text not null,
+  kind text not null check (kind in ('period', 'proration')),
+  invoice_created_at timestamptz not null,
+  amount_paid bigint not null check (amount_paid >= 0),
+  currency text,
+  -- Proration invoices: [{price_id, is_credit, period_start, period_end}] of
+  -- the catalog plans' proration lines.
+  proration_lines jsonb,
+  period_start timestamptz,
+  granted integer check (granted >= 0),
+  stripe_event_id text not null,
+  recorded_at timestamptz not null default now(),
+  primary key (invoice_id, kind)
+);
+
+create index invoices_period_idx on tally.invoices (subscription_id, period_start);
+
+-- Which invoice a payment paid ('payment_intent:pi_..' or 'charge:ch_..'):
+-- from invoice_payment.paid (basil and later) or the legacy invoice and charge.
+create table tally.invoice_payments (
+  payment_key text primary key,
+  invoice_id text not null,
+  recorded_at timestamptz not null default now()
+);
+
 -- Business key of a pack grant: the Checkout Session.
 create table tally.pack_purchases (
   checkout_session_id text primary key,
@@ -136,7 +163,7 @@ create table tally.pack_purchases (
   price_id text not null,
   credits integer not null check (credits > 0),
   payment_intent_id text,
-  amount_total integer,
+  amount_total bigint,
   currency text,
   -- Credits targeted by refund clawbacks so far (cumulative).
   refund_clawback_target integer not null default 0,
@@ -148,18 +175,20 @@ create index pack_purchases_payment_intent_idx on tally.pack_purchases (payment_
 create index pack_purchases_user_id_idx on tally.pack_purchases (user_id);
 
 -- Business key of a refund: the charge; amount_refunded only grows.
-create table tally.charge_refunds (
+create table tally.charges (
   charge_id text primary key,
   payment_intent_id text,
   customer_id text,
   invoice_id text,
   user_id uuid,
-  amount integer not null,
-  amount_refunded integer not null,
+  amount bigint not null,
+  amount_refunded bigint not null,
+  currency text,
   updated_at timestamptz not null default now()
 );
 
-create index charge_refunds_payment_intent_idx on tally.charge_refunds (payment_intent_id);
+create index charges_payment_intent_idx on tally.charges (payment_intent_id);
+create index charges_invoice_id_idx on tally.charges (invoice_id);
 
 -- Business key of a dispute: the dispute id.
 create table tally.disputes (
@@ -167,28 +196,47 @@ create table tally.disputes (
   charge_id text,
   payment_intent_id text,
   user_id uuid,
+  -- What the disputed payment paid for: a pack or a subscription invoice.
+  checkout_session_id text,
+  invoice_id text,
   status text not null,
-  amount integer not null,
-  -- Credits this dispute meant to claw back, what it actually took, and
-  -- whether that was given back when the dispute was won.
+  amount bigint not null,
+  -- Packs: credits this dispute meant to claw back, what it took at once,
+  -- and whether that (and what was collected later) was given back.
   clawback_target integer not null default 0,
   clawed_back integer not null default 0,
   is_clawed boolean not null default false,
   is_reinstated boolean not null default false,
-  state_created_at timestamptz not null,
+  state_created_at timestamptz,
   updated_at timestamptz not null default now()
 );
 
 create index disputes_payment_intent_idx on tally.disputes (payment_intent_id);
+create index disputes_charge_id_idx on tally.disputes (charge_id);
+create index disputes_invoice_id_idx on tally.disputes (invoice_id);
 
--- Things an operator must look at (refunds and disputes of subscription
--- invoices, which change no credits automatically).
+-- Add-on credits a clawback could not take (already spent): owed, and paid
+-- back first from add-on credits that a reversed spend returns. A won
+-- dispute gives back what it took at once and what was collected later,
+-- and forgives the rest.
+create table tally.addon_debts (
+  debt_key text primary key,
+  user_id uuid not null,
+  owed integer not null check (owed >= 0),
+  collected integer not null default 0 check (collected >= 0 and collected <= owed),
+  created_at timestamptz not null default clock_timestamp()
+);
+
+create index addon_debts_open_idx on tally.addon_debts (user_id, created_at) where collected < owed;
+
+-- Things an operator must look at: refunds and disputes of a subscription
+-- period that is no longer current, a second paid subscription of a user.
 create table tally.operator_reviews (
   id bigint generated always as identity primary key,
   kind text not null,
   object_id text not null,
   user_id uuid,
-  stripe_event_id text not null,
+  stripe_event_id text,
   details jsonb not null,
   created_at timestamptz not null default now(),
   resolved_at timestamptz,
@@ -196,17 +244,19 @@ create table tally.operator_reviews (
 );
 
 revoke all on table tally.stripe_events, tally.customers, tally.subscriptions,
-  tally.subscription_observations, tally.period_plans, tally.paid_periods, tally.pack_purchases, tally.charge_refunds,
-  tally.disputes, tally.operator_reviews
+  tally.subscription_observations, tally.paid_periods, tally.invoices, tally.invoice_payments,
+  tally.pack_purchases, tally.charges, tally.disputes, tally.addon_debts, tally.operator_reviews
   from public, anon, authenticated;
 
 alter table tally.stripe_events enable row level security;
 alter table tally.customers enable row level security;
 alter table tally.subscriptions enable row level security;
 alter table tally.subscription_observations enable row level security;
-alter table tally.period_plans enable row level security;
 alter table tally.paid_periods enable row level security;
+alter table tally.invoices enable row level security;
+alter table tally.invoice_payments enable row level security;
 alter table tally.pack_purchases enable row level security;
-alter table tally.charge_refunds enable row level security;
+alter table tally.charges enable row level security;
 alter table tally.disputes enable row level security;
+alter table tally.addon_debts enable row level security;
 alter table tally.operator_reviews enable row level security;

@@ -1,1006 +1,1103 @@
 -- The typed event that public.apply_stripe_event accepts, and its strict
--- validation. The shape is defined once, in schema/typed_event.schema.json
--- (the sidecar checks its normaliser against the same file); this migration
--- stores that schema and unfolds it into a table of fields, so an event is
--- checked with one set-based query per object. A test keeps the stored copy
--- equal to the file. Integral numbers such as 5.0 count as integers, as in
--- JSON Schema.
+-- check. The shape is defined once, in schema/typed_event.schema.json (the
+-- sidecar's normaliser is tested against the same file); the functions
+-- between the markers below are generated from it by tally/typed_event_sql.py
+-- (straight-line checks, no query per field), and a test regenerates them
+-- and compares. An event that fails the check is not refused: it is stored
+-- as rejected with the first problem as its reason (nothing signed by
+-- Stripe is lost), and can be re-applied after a fix.
 
-create table tally.typed_event_schemas (
-  version integer primary key,
-  schema jsonb not null
-);
+-- generated:begin (python -m tally.typed_event_sql; do not edit by hand)
 
-alter table tally.typed_event_schemas enable row level security;
-revoke all on table tally.typed_event_schemas from public, anon, authenticated;
-
-insert into tally.typed_event_schemas (version, schema) values (1, $schema${
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "$id": "https://tally.example/schema/typed_event.schema.json",
-  "title": "Typed Stripe event (version 1)",
-  "description": "The one shape public.apply_stripe_event accepts. The sidecar normalises both Stripe payload layouts (pre-basil and basil-or-later) into it; the database validates it strictly (tally.validate_typed_event). Exactly one object key, named by the event type, is present. Ids and metadata are passed through as strings; timestamps are Unix seconds; amounts are integers in the currency's smallest unit.",
-  "type": "object",
-  "additionalProperties": false,
-  "required": [
-    "schema_version",
-    "id",
-    "type",
-    "created",
-    "livemode",
-    "api_version",
-    "layout",
-    "raw"
-  ],
-  "properties": {
-    "schema_version": {
-      "const": 1
-    },
-    "id": {
-      "type": "string",
-      "minLength": 1,
-      "maxLength": 255,
-      "description": "Stripe event id (evt_...)"
-    },
-    "type": {
-      "enum": [
-        "checkout.session.completed",
-        "checkout.session.async_payment_succeeded",
-        "checkout.session.async_payment_failed",
-        "invoice.paid",
-        "invoice.payment_failed",
-        "customer.subscription.created",
-        "customer.subscription.updated",
-        "customer.subscription.deleted",
-        "charge.refunded",
-        "charge.dispute.created",
-        "charge.dispute.closed"
-      ]
-    },
-    "created": {
-      "type": "integer",
-      "minimum": 0,
-      "description": "Stripe event created, Unix seconds",
-      "maximum": 253402300799
-    },
-    "livemode": {
-      "type": "boolean"
-    },
-    "api_version": {
-      "type": [
-        "string",
-        "null"
-      ],
-      "minLength": 1,
-      "maxLength": 64
-    },
-    "layout": {
-      "enum": [
-        "legacy",
-        "basil"
-      ],
-      "description": "legacy: API versions up to 2025-02-24.acacia; basil: 2025-03-31.basil and later"
-    },
-    "raw": {
-      "type": "object",
-      "description": "the Stripe event exactly as received, for the audit record"
-    },
-    "checkout_session": {
-      "type": "object",
-      "additionalProperties": false,
-      "properties": {
-        "id": {
-          "type": "string",
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "Checkout Session id (cs_...); business key of a pack purchase"
-        },
-        "mode": {
-          "enum": [
-            "payment",
-            "subscription",
-            "setup"
-          ]
-        },
-        "status": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "description": "open | complete | expired"
-        },
-        "payment_status": {
-          "enum": [
-            "paid",
-            "unpaid",
-            "no_payment_required"
-          ]
-        },
-        "customer_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "client_reference_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "user id hint (first in SPEC 3.5 order)"
-        },
-        "metadata_user_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "metadata.user_id: user id hint"
-        },
-        "metadata_price_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "metadata.price_id written by our sidecar; the pack's price"
-        },
-        "subscription_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "payment_intent_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "links later refunds and disputes to the pack"
-        },
-        "amount_total": {
-          "type": [
-            "integer",
-            "null"
-          ],
-          "minimum": 0,
-          "maximum": 2147483647
-        },
-        "currency": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 16
-        }
-      },
-      "required": [
-        "amount_total",
-        "client_reference_id",
-        "currency",
-        "customer_id",
-        "id",
-        "metadata_price_id",
-        "metadata_user_id",
-        "mode",
-        "payment_intent_id",
-        "payment_status",
-        "status",
-        "subscription_id"
-      ],
-      "description": "checkout.session.completed | async_payment_succeeded | async_payment_failed"
-    },
-    "invoice": {
-      "type": "object",
-      "additionalProperties": false,
-      "properties": {
-        "id": {
-          "type": "string",
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "customer_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "subscription_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "legacy: invoice.subscription; basil: parent.subscription_details.subscription"
-        },
-        "status": {
-          "type": "string",
-          "minLength": 1,
-          "maxLength": 64,
-          "description": "draft | open | paid | uncollectible | void"
-        },
-        "billing_reason": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 64
-        },
-        "amount_paid": {
-          "type": "integer",
-          "minimum": 0,
-          "maximum": 2147483647
-        },
-        "amount_due": {
-          "type": "integer",
-          "minimum": 0,
-          "maximum": 2147483647
-        },
-        "currency": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 16
-        },
-        "subscription_metadata_user_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "user_id in the subscription metadata snapshot on the invoice"
-        },
-        "price_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "price of the non-proration subscription line (null if none)"
-        },
-        "period_start": {
-          "type": [
-            "integer",
-            "null"
-          ],
-          "minimum": 0,
-          "description": "service period of that line",
-          "maximum": 253402300799
-        },
-        "period_end": {
-          "type": [
-            "integer",
-            "null"
-          ],
-          "minimum": 0,
-          "maximum": 253402300799
-        },
-        "charge_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "legacy layout only"
-        },
-        "payment_intent_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "legacy layout only"
-        },
-        "created": {
-          "type": [
-            "integer",
-            "null"
-          ],
-          "minimum": 0,
-          "maximum": 253402300799,
-          "description": "the invoice's own created (when its lines were billed); orders its line against plan changes. Optional: the event's created stands in."
-        }
-      },
-      "required": [
-        "amount_due",
-        "amount_paid",
-        "billing_reason",
-        "charge_id",
-        "currency",
-        "customer_id",
-        "id",
-        "payment_intent_id",
-        "period_end",
-        "period_start",
-        "price_id",
-        "status",
-        "subscription_id",
-        "subscription_metadata_user_id"
-      ],
-      "description": "invoice.paid | invoice.payment_failed"
-    },
-    "subscription": {
-      "type": "object",
-      "additionalProperties": false,
-      "properties": {
-        "id": {
-          "type": "string",
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "customer_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "status": {
-          "enum": [
-            "incomplete",
-            "incomplete_expired",
-            "trialing",
-            "active",
-            "past_due",
-            "canceled",
-            "unpaid",
-            "paused"
-          ]
-        },
-        "created": {
-          "type": [
-            "integer",
-            "null"
-          ],
-          "minimum": 0,
-          "description": "the subscription object's own created",
-          "maximum": 253402300799
-        },
-        "price_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "price of the (first) subscription item"
-        },
-        "current_period_start": {
-          "type": [
-            "integer",
-            "null"
-          ],
-          "minimum": 0,
-          "description": "legacy: on the subscription; basil: on the item",
-          "maximum": 253402300799
-        },
-        "current_period_end": {
-          "type": [
-            "integer",
-            "null"
-          ],
-          "minimum": 0,
-          "maximum": 253402300799
-        },
-        "cancel_at_period_end": {
-          "type": "boolean"
-        },
-        "canceled_at": {
-          "type": [
-            "integer",
-            "null"
-          ],
-          "minimum": 0,
-          "maximum": 253402300799
-        },
-        "ended_at": {
-          "type": [
-            "integer",
-            "null"
-          ],
-          "minimum": 0,
-          "maximum": 253402300799
-        },
-        "metadata_user_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "previous": {
-          "type": [
-            "object",
-            "null"
-          ],
-          "additionalProperties": false,
-          "description": "the state the update left (from data.previous_attributes), only the keys that changed",
-          "properties": {
-            "status": {
-              "type": "string",
-              "minLength": 1,
-              "maxLength": 64
-            },
-            "price_id": {
-              "type": [
-                "string",
-                "null"
-              ],
-              "minLength": 1,
-              "maxLength": 255
-            },
-            "current_period_start": {
-              "type": [
-                "integer",
-                "null"
-              ],
-              "minimum": 0,
-              "maximum": 253402300799
-            },
-            "current_period_end": {
-              "type": [
-                "integer",
-                "null"
-              ],
-              "minimum": 0,
-              "maximum": 253402300799
-            },
-            "cancel_at_period_end": {
-              "type": "boolean"
-            }
-          }
-        }
-      },
-      "required": [
-        "cancel_at_period_end",
-        "canceled_at",
-        "created",
-        "current_period_end",
-        "current_period_start",
-        "customer_id",
-        "ended_at",
-        "id",
-        "metadata_user_id",
-        "previous",
-        "price_id",
-        "status"
-      ],
-      "description": "customer.subscription.created | updated | deleted"
-    },
-    "charge": {
-      "type": "object",
-      "additionalProperties": false,
-      "properties": {
-        "id": {
-          "type": "string",
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "customer_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "payment_intent_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "invoice_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255,
-          "description": "legacy layout only (basil charges have no invoice)"
-        },
-        "metadata_user_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "amount": {
-          "type": "integer",
-          "minimum": 0,
-          "maximum": 2147483647
-        },
-        "amount_refunded": {
-          "type": "integer",
-          "minimum": 0,
-          "description": "cumulative",
-          "maximum": 2147483647
-        },
-        "currency": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 16
-        }
-      },
-      "required": [
-        "amount",
-        "amount_refunded",
-        "currency",
-        "customer_id",
-        "id",
-        "invoice_id",
-        "metadata_user_id",
-        "payment_intent_id"
-      ],
-      "description": "charge.refunded"
-    },
-    "dispute": {
-      "type": "object",
-      "additionalProperties": false,
-      "properties": {
-        "id": {
-          "type": "string",
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "charge_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "payment_intent_id": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 255
-        },
-        "amount": {
-          "type": "integer",
-          "minimum": 0,
-          "maximum": 2147483647
-        },
-        "currency": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 16
-        },
-        "status": {
-          "type": "string",
-          "minLength": 1,
-          "maxLength": 64,
-          "description": "warning_needs_response | warning_under_review | warning_closed | needs_response | under_review | won | lost | prevented"
-        },
-        "reason": {
-          "type": [
-            "string",
-            "null"
-          ],
-          "minLength": 1,
-          "maxLength": 64
-        }
-      },
-      "required": [
-        "amount",
-        "charge_id",
-        "currency",
-        "id",
-        "payment_intent_id",
-        "reason",
-        "status"
-      ],
-      "description": "charge.dispute.created | charge.dispute.closed"
-    }
-  },
-  "allOf": [
-    {
-      "if": {
-        "properties": {
-          "type": {
-            "enum": [
-              "checkout.session.completed",
-              "checkout.session.async_payment_succeeded",
-              "checkout.session.async_payment_failed"
-            ]
-          }
-        }
-      },
-      "then": {
-        "required": [
-          "checkout_session"
-        ],
-        "not": {
-          "anyOf": [
-            {
-              "required": [
-                "invoice"
-              ]
-            },
-            {
-              "required": [
-                "subscription"
-              ]
-            },
-            {
-              "required": [
-                "charge"
-              ]
-            },
-            {
-              "required": [
-                "dispute"
-              ]
-            }
-          ]
-        }
-      }
-    },
-    {
-      "if": {
-        "properties": {
-          "type": {
-            "enum": [
-              "invoice.paid",
-              "invoice.payment_failed"
-            ]
-          }
-        }
-      },
-      "then": {
-        "required": [
-          "invoice"
-        ],
-        "not": {
-          "anyOf": [
-            {
-              "required": [
-                "checkout_session"
-              ]
-            },
-            {
-              "required": [
-                "subscription"
-              ]
-            },
-            {
-              "required": [
-                "charge"
-              ]
-            },
-            {
-              "required": [
-                "dispute"
-              ]
-            }
-          ]
-        }
-      }
-    },
-    {
-      "if": {
-        "properties": {
-          "type": {
-            "enum": [
-              "customer.subscription.created",
-              "customer.subscription.updated",
-              "customer.subscription.deleted"
-            ]
-          }
-        }
-      },
-      "then": {
-        "required": [
-          "subscription"
-        ],
-        "not": {
-          "anyOf": [
-            {
-              "required": [
-                "checkout_session"
-              ]
-            },
-            {
-              "required": [
-                "invoice"
-              ]
-            },
-            {
-              "required": [
-                "charge"
-              ]
-            },
-            {
-              "required": [
-                "dispute"
-              ]
-            }
-          ]
-        }
-      }
-    },
-    {
-      "if": {
-        "properties": {
-          "type": {
-            "enum": [
-              "charge.refunded"
-            ]
-          }
-        }
-      },
-      "then": {
-        "required": [
-          "charge"
-        ],
-        "not": {
-          "anyOf": [
-            {
-              "required": [
-                "checkout_session"
-              ]
-            },
-            {
-              "required": [
-                "invoice"
-              ]
-            },
-            {
-              "required": [
-                "subscription"
-              ]
-            },
-            {
-              "required": [
-                "dispute"
-              ]
-            }
-          ]
-        }
-      }
-    },
-    {
-      "if": {
-        "properties": {
-          "type": {
-            "enum": [
-              "charge.dispute.created",
-              "charge.dispute.closed"
-            ]
-          }
-        }
-      },
-      "then": {
-        "required": [
-          "dispute"
-        ],
-        "not": {
-          "anyOf": [
-            {
-              "required": [
-                "checkout_session"
-              ]
-            },
-            {
-              "required": [
-                "invoice"
-              ]
-            },
-            {
-              "required": [
-                "subscription"
-              ]
-            },
-            {
-              "required": [
-                "charge"
-              ]
-            }
-          ]
-        }
-      }
-    }
-  ]
-}$schema$);
-
--- One row per field of each object kind: 'event' (the envelope), each
--- object key ('invoice', ...), and 'subscription.previous'.
-create table tally.typed_event_fields (
-  object_kind text not null,
-  field text not null,
-  json_types text[] not null,
-  is_required boolean not null,
-  allowed jsonb,
-  min_length integer,
-  max_length integer,
-  minimum numeric,
-  maximum numeric,
-  primary key (object_kind, field)
-);
-
--- Which object key each event type carries.
-create table tally.typed_event_objects (
-  event_type text primary key,
-  object_key text not null
-);
-
-create index typed_event_objects_object_key_idx on tally.typed_event_objects (object_key);
-
-alter table tally.typed_event_fields enable row level security;
-alter table tally.typed_event_objects enable row level security;
-revoke all on table tally.typed_event_fields, tally.typed_event_objects
-  from public, anon, authenticated;
-
-create function tally.unfold_schema_object(p_kind text, p_object_schema jsonb) returns void
-language sql
-set search_path = ''
-as $$
-  insert into tally.typed_event_fields (object_kind, field, json_types, is_required, allowed,
-                                        min_length, max_length, minimum, maximum)
-  select p_kind,
-         property.key,
-         case
-           when property.value ? 'const' then array[jsonb_typeof(property.value -> 'const')]
-           when jsonb_typeof(property.value -> 'type') = 'array'
-             then array(select jsonb_array_elements_text(property.value -> 'type'))
-           when property.value ? 'type' then array[property.value ->> 'type']
-           else array(select distinct jsonb_typeof(v)
-                        from jsonb_array_elements(property.value -> 'enum') as v)
-         end,
-         coalesce(p_object_schema -> 'required', '[]'::jsonb) ? property.key,
-         coalesce(property.value -> 'enum',
-                  case when property.value ? 'const'
-                       then jsonb_build_array(property.value -> 'const') end),
-         (property.value ->> 'minLength')::integer,
-         (property.value ->> 'maxLength')::integer,
-         (property.value ->> 'minimum')::numeric,
-         (property.value ->> 'maximum')::numeric
-    from jsonb_each(p_object_schema -> 'properties') as property;
-$$;
-
-select tally.unfold_schema_object('event', schema) from tally.typed_event_schemas where version = 1;
-select tally.unfold_schema_object(object.key, object.value)
-  from tally.typed_event_schemas s, jsonb_each(s.schema -> 'properties') as object
- where s.version = 1 and object.value ? 'properties' and object.value ? 'required';
-select tally.unfold_schema_object('subscription.previous',
-                                  schema -> 'properties' -> 'subscription' -> 'properties'
-                                         -> 'previous')
-  from tally.typed_event_schemas where version = 1;
-
-insert into tally.typed_event_objects (event_type, object_key)
-select event_type, rule -> 'then' -> 'required' ->> 0
-  from tally.typed_event_schemas s,
-       jsonb_array_elements(s.schema -> 'allOf') as rule,
-       jsonb_array_elements_text(rule -> 'if' -> 'properties' -> 'type' -> 'enum') as event_type
- where s.version = 1;
-
-drop function tally.unfold_schema_object(text, jsonb);
-
--- The first problem of one object against its fields, or null.
-create function tally.object_problem(p_kind text, p_object jsonb) returns text
+create function tally.typed_envelope_problem(p jsonb, p_path text) returns text
 language plpgsql
-stable
-set search_path = ''
-as $$
--- PL/pgSQL rather than SQL so that the query's plan is cached per session.
-declare
-  v_problem text;
-begin
-  select format('event.%s%s: %s', case when p_kind = 'event' then '' else p_kind || '.' end,
-                coalesce(spec.field, left(given.key, 80)), check_.problem)
-    from (select * from tally.typed_event_fields where object_kind = p_kind) as spec
-    full join jsonb_each(p_object) as given on given.key = spec.field
-    cross join lateral (
-      select case
-        when spec.field is null then 'unexpected field'
-        when given.key is null then
-          case when spec.is_required then 'required' end
-        when not (jsonb_typeof(given.value) = any (spec.json_types)
-                  or (jsonb_typeof(given.value) = 'number' and 'integer' = any (spec.json_types)
-                      and given.value::text::numeric % 1 = 0)) then
-          format('expected %s, got %s', array_to_string(spec.json_types, ' or '),
-                 jsonb_typeof(given.value))
-        when jsonb_typeof(given.value) = 'number'
-             and 'number' <> all (spec.json_types)
-             and given.value::text::numeric % 1 <> 0 then
-          format('expected %s, got number', array_to_string(spec.json_types, ' or '))
-        when spec.allowed is not null and not spec.allowed @> jsonb_build_array(given.value) then
-          format('%s is not one of %s', left(given.value::text, 80), spec.allowed)
-        when jsonb_typeof(given.value) = 'string'
-             and length(given.value #>> '{}') not between coalesce(spec.min_length, 0)
-                                                        and coalesce(spec.max_length, 2147483647)
-          then 'length out of range'
-        when jsonb_typeof(given.value) = 'number'
-             and given.value::text::numeric not between coalesce(spec.minimum, '-infinity')
-                                                    and coalesce(spec.maximum, 'infinity')
-          then 'out of range'
-      end as problem
-    ) as check_
-   where check_.problem is not null
-   order by spec.field nulls first, given.key
-   limit 1
-    into v_problem;
-  return v_problem;
-end;
-$$;
-
-revoke all on function tally.object_problem(text,jsonb)
-  from public, anon, authenticated;
-
-create function tally.validate_typed_event(p_event jsonb) returns void
-language plpgsql
-stable
+immutable
 set search_path = ''
 as $$
 declare
-  v_object_key text;
+  v jsonb;
   v_problem text;
+  i integer;
 begin
-  if jsonb_typeof(p_event) is distinct from 'object' then
-    v_problem := 'event: expected object, got ' || coalesce(jsonb_typeof(p_event), 'nothing');
-  else
-    v_problem := tally.object_problem('event', p_event);
+  if jsonb_typeof(p) is distinct from 'object' then
+    return p_path || ': expected object, got ' || coalesce(jsonb_typeof(p), 'nothing');
   end if;
-  if v_problem is null then
-    select object_key into v_object_key from tally.typed_event_objects
-     where event_type = p_event ->> 'type';
-    if not p_event ? v_object_key then
-      v_problem := format('event.%s: required for %s', v_object_key, p_event ->> 'type');
-    elsif exists (select 1 from jsonb_object_keys(p_event) as given (key)
-                   join tally.typed_event_objects o on o.object_key = given.key
-                  where given.key <> v_object_key) then
-      v_problem := format('event: only %s may accompany %s', v_object_key, p_event ->> 'type');
-    elsif jsonb_typeof(p_event -> v_object_key) = 'object' then
-      v_problem := tally.object_problem(v_object_key, p_event -> v_object_key);
+  if (p - array['api_version', 'charge', 'checkout_session', 'created', 'dispute', 'id', 'invoice', 'invoice_payment', 'layout', 'livemode', 'problem', 'raw', 'schema_version', 'subscription', 'type']::text[]) <> '{}'::jsonb then
+    return p_path || '.' || (select left(k, 80) from jsonb_object_keys(p - array['api_version', 'charge', 'checkout_session', 'created', 'dispute', 'id', 'invoice', 'invoice_payment', 'layout', 'livemode', 'problem', 'raw', 'schema_version', 'subscription', 'type']::text[]) as k order by k limit 1) || ': unexpected field';
+  end if;
+  v := p -> 'schema_version';
+  if v is null then return p_path || '.schema_version' || ': required'; end if;
+  if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+    return p_path || '.schema_version' || ': expected integer, got ' || jsonb_typeof(v);
+  end if;
+  if v <> '2'::jsonb then
+    return p_path || '.schema_version' || ': must be 2';
+  end if;
+  v := p -> 'id';
+  if v is null then return p_path || '.id' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.id' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 1000 then
+    return p_path || '.id' || ': length out of range';
+  end if;
+  v := p -> 'type';
+  if v is null then return p_path || '.type' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.type' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if not '["checkout.session.completed", "checkout.session.async_payment_succeeded", "checkout.session.async_payment_failed", "invoice.paid", "invoice.payment_failed", "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted", "charge.refunded", "charge.dispute.created", "charge.dispute.closed", "invoice_payment.paid"]'::jsonb @> jsonb_build_array(v) then
+    return p_path || '.type' || ': ' || left(v::text, 80) || ' is not one of checkout.session.completed, checkout.session.async_payment_succeeded, checkout.session.async_payment_failed, invoice.paid, invoice.payment_failed, customer.subscription.created, customer.subscription.updated, customer.subscription.deleted, charge.refunded, charge.dispute.created, charge.dispute.closed, invoice_payment.paid';
+  end if;
+  v := p -> 'created';
+  if v is null then return p_path || '.created' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.created' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 253402300799) then
+      return p_path || '.created' || ': out of range';
     end if;
   end if;
-  if v_problem is null and jsonb_typeof(p_event -> 'subscription' -> 'previous') = 'object' then
-    v_problem := tally.object_problem('subscription.previous',
-                                      p_event -> 'subscription' -> 'previous');
+  v := p -> 'livemode';
+  if v is null then return p_path || '.livemode' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'boolean') then
+      return p_path || '.livemode' || ': expected boolean, got ' || jsonb_typeof(v);
+    end if;
   end if;
-  if v_problem is not null then
-    raise exception using
-      errcode = '22023',
-      message = 'invalid typed event: ' || v_problem,
-      hint = 'apply_stripe_event takes the typed event of schema/typed_event.schema.json';
+  v := p -> 'api_version';
+  if v is null then return p_path || '.api_version' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.api_version' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 64 then
+      return p_path || '.api_version' || ': length out of range';
+    end if;
   end if;
+  v := p -> 'layout';
+  if v is null then return p_path || '.layout' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.layout' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if not '["legacy", "basil"]'::jsonb @> jsonb_build_array(v) then
+    return p_path || '.layout' || ': ' || left(v::text, 80) || ' is not one of legacy, basil';
+  end if;
+  v := p -> 'problem';
+  if v is null then return p_path || '.problem' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.problem' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 1000 then
+      return p_path || '.problem' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'raw';
+  if v is null then return p_path || '.raw' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'object') then
+    return p_path || '.raw' || ': expected object, got ' || jsonb_typeof(v);
+  end if;
+  return null;
 end;
 $$;
 
-revoke all on function tally.validate_typed_event(jsonb)
+revoke all on function tally.typed_envelope_problem(jsonb, text) from public, anon, authenticated;
+
+create function tally.typed_checkout_session_problem(p jsonb, p_path text) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v jsonb;
+  v_problem text;
+  i integer;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    return p_path || ': expected object, got ' || coalesce(jsonb_typeof(p), 'nothing');
+  end if;
+  if (p - array['amount_total', 'client_reference_id', 'currency', 'customer_id', 'id', 'metadata_price_id', 'metadata_user_id', 'mode', 'payment_intent_id', 'payment_status', 'status', 'subscription_id']::text[]) <> '{}'::jsonb then
+    return p_path || '.' || (select left(k, 80) from jsonb_object_keys(p - array['amount_total', 'client_reference_id', 'currency', 'customer_id', 'id', 'metadata_price_id', 'metadata_user_id', 'mode', 'payment_intent_id', 'payment_status', 'status', 'subscription_id']::text[]) as k order by k limit 1) || ': unexpected field';
+  end if;
+  v := p -> 'id';
+  if v is null then return p_path || '.id' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.id' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+    return p_path || '.id' || ': length out of range';
+  end if;
+  v := p -> 'mode';
+  if v is null then return p_path || '.mode' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.mode' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if not '["payment", "subscription", "setup"]'::jsonb @> jsonb_build_array(v) then
+    return p_path || '.mode' || ': ' || left(v::text, 80) || ' is not one of payment, subscription, setup';
+  end if;
+  v := p -> 'status';
+  if v is null then return p_path || '.status' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.status' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 64 then
+      return p_path || '.status' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'payment_status';
+  if v is null then return p_path || '.payment_status' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.payment_status' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if not '["paid", "unpaid", "no_payment_required"]'::jsonb @> jsonb_build_array(v) then
+    return p_path || '.payment_status' || ': ' || left(v::text, 80) || ' is not one of paid, unpaid, no_payment_required';
+  end if;
+  v := p -> 'customer_id';
+  if v is null then return p_path || '.customer_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.customer_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.customer_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'client_reference_id';
+  if v is null then return p_path || '.client_reference_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.client_reference_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.client_reference_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'metadata_user_id';
+  if v is null then return p_path || '.metadata_user_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.metadata_user_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.metadata_user_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'metadata_price_id';
+  if v is null then return p_path || '.metadata_price_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.metadata_price_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.metadata_price_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'subscription_id';
+  if v is null then return p_path || '.subscription_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.subscription_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.subscription_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'payment_intent_id';
+  if v is null then return p_path || '.payment_intent_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.payment_intent_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.payment_intent_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'amount_total';
+  if v is null then return p_path || '.amount_total' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.amount_total' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 9223372036854775807) then
+      return p_path || '.amount_total' || ': out of range';
+    end if;
+  end if;
+  v := p -> 'currency';
+  if v is null then return p_path || '.currency' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.currency' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 16 then
+      return p_path || '.currency' || ': length out of range';
+    end if;
+  end if;
+  return null;
+end;
+$$;
+
+revoke all on function tally.typed_checkout_session_problem(jsonb, text) from public, anon, authenticated;
+
+create function tally.typed_invoice_problem(p jsonb, p_path text) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v jsonb;
+  v_problem text;
+  i integer;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    return p_path || ': expected object, got ' || coalesce(jsonb_typeof(p), 'nothing');
+  end if;
+  if (p - array['amount_due', 'amount_paid', 'billing_reason', 'charge_id', 'created', 'currency', 'customer_id', 'id', 'lines', 'payment_intent_id', 'status', 'subscription_id', 'subscription_metadata_user_id']::text[]) <> '{}'::jsonb then
+    return p_path || '.' || (select left(k, 80) from jsonb_object_keys(p - array['amount_due', 'amount_paid', 'billing_reason', 'charge_id', 'created', 'currency', 'customer_id', 'id', 'lines', 'payment_intent_id', 'status', 'subscription_id', 'subscription_metadata_user_id']::text[]) as k order by k limit 1) || ': unexpected field';
+  end if;
+  v := p -> 'id';
+  if v is null then return p_path || '.id' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.id' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+    return p_path || '.id' || ': length out of range';
+  end if;
+  v := p -> 'customer_id';
+  if v is null then return p_path || '.customer_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.customer_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.customer_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'subscription_id';
+  if v is null then return p_path || '.subscription_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.subscription_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.subscription_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'status';
+  if v is null then return p_path || '.status' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.status' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 64 then
+    return p_path || '.status' || ': length out of range';
+  end if;
+  v := p -> 'billing_reason';
+  if v is null then return p_path || '.billing_reason' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.billing_reason' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 64 then
+      return p_path || '.billing_reason' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'amount_paid';
+  if v is null then return p_path || '.amount_paid' || ': required'; end if;
+  if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+    return p_path || '.amount_paid' || ': expected integer, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 9223372036854775807) then
+    return p_path || '.amount_paid' || ': out of range';
+  end if;
+  v := p -> 'amount_due';
+  if v is null then return p_path || '.amount_due' || ': required'; end if;
+  if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+    return p_path || '.amount_due' || ': expected integer, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 9223372036854775807) then
+    return p_path || '.amount_due' || ': out of range';
+  end if;
+  v := p -> 'currency';
+  if v is null then return p_path || '.currency' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.currency' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 16 then
+      return p_path || '.currency' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'created';
+  if v is null then return p_path || '.created' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.created' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 253402300799) then
+      return p_path || '.created' || ': out of range';
+    end if;
+  end if;
+  v := p -> 'subscription_metadata_user_id';
+  if v is null then return p_path || '.subscription_metadata_user_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.subscription_metadata_user_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.subscription_metadata_user_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'charge_id';
+  if v is null then return p_path || '.charge_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.charge_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.charge_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'payment_intent_id';
+  if v is null then return p_path || '.payment_intent_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.payment_intent_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.payment_intent_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'lines';
+  if v is null then return p_path || '.lines' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'array') then
+    return p_path || '.lines' || ': expected array, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'array' and jsonb_array_length(v) > 10000 then
+    return p_path || '.lines' || ': too many items';
+  end if;
+  if jsonb_typeof(v) = 'array' then
+    for i in 0 .. jsonb_array_length(v) - 1 loop
+      v_problem := tally.typed_invoice_problem__lines_item(v -> i, p_path || '.lines' || '[' || i || ']');
+      if v_problem is not null then return v_problem; end if;
+    end loop;
+  end if;
+  return null;
+end;
+$$;
+
+revoke all on function tally.typed_invoice_problem(jsonb, text) from public, anon, authenticated;
+
+create function tally.typed_invoice_problem__lines_item(p jsonb, p_path text) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v jsonb;
+  v_problem text;
+  i integer;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    return p_path || ': expected object, got ' || coalesce(jsonb_typeof(p), 'nothing');
+  end if;
+  if (p - array['amount', 'id', 'is_credit', 'is_proration', 'period_end', 'period_start', 'price_id', 'subscription_id']::text[]) <> '{}'::jsonb then
+    return p_path || '.' || (select left(k, 80) from jsonb_object_keys(p - array['amount', 'id', 'is_credit', 'is_proration', 'period_end', 'period_start', 'price_id', 'subscription_id']::text[]) as k order by k limit 1) || ': unexpected field';
+  end if;
+  v := p -> 'id';
+  if v is null then return p_path || '.id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'price_id';
+  if v is null then return p_path || '.price_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.price_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.price_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'subscription_id';
+  if v is null then return p_path || '.subscription_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.subscription_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.subscription_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'is_proration';
+  if v is null then return p_path || '.is_proration' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'boolean') then
+    return p_path || '.is_proration' || ': expected boolean, got ' || jsonb_typeof(v);
+  end if;
+  v := p -> 'is_credit';
+  if v is null then return p_path || '.is_credit' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'boolean') then
+    return p_path || '.is_credit' || ': expected boolean, got ' || jsonb_typeof(v);
+  end if;
+  v := p -> 'amount';
+  if v is null then return p_path || '.amount' || ': required'; end if;
+  if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+    return p_path || '.amount' || ': expected integer, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'number' and ((v::text)::numeric < -9223372036854775807 or (v::text)::numeric > 9223372036854775807) then
+    return p_path || '.amount' || ': out of range';
+  end if;
+  v := p -> 'period_start';
+  if v is null then return p_path || '.period_start' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.period_start' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 253402300799) then
+      return p_path || '.period_start' || ': out of range';
+    end if;
+  end if;
+  v := p -> 'period_end';
+  if v is null then return p_path || '.period_end' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.period_end' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 253402300799) then
+      return p_path || '.period_end' || ': out of range';
+    end if;
+  end if;
+  return null;
+end;
+$$;
+
+revoke all on function tally.typed_invoice_problem__lines_item(jsonb, text) from public, anon, authenticated;
+
+create function tally.typed_subscription_problem(p jsonb, p_path text) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v jsonb;
+  v_problem text;
+  i integer;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    return p_path || ': expected object, got ' || coalesce(jsonb_typeof(p), 'nothing');
+  end if;
+  if (p - array['cancel_at_period_end', 'canceled_at', 'created', 'customer_id', 'ended_at', 'id', 'items', 'metadata_user_id', 'previous', 'status']::text[]) <> '{}'::jsonb then
+    return p_path || '.' || (select left(k, 80) from jsonb_object_keys(p - array['cancel_at_period_end', 'canceled_at', 'created', 'customer_id', 'ended_at', 'id', 'items', 'metadata_user_id', 'previous', 'status']::text[]) as k order by k limit 1) || ': unexpected field';
+  end if;
+  v := p -> 'id';
+  if v is null then return p_path || '.id' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.id' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+    return p_path || '.id' || ': length out of range';
+  end if;
+  v := p -> 'customer_id';
+  if v is null then return p_path || '.customer_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.customer_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.customer_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'status';
+  if v is null then return p_path || '.status' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.status' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if not '["incomplete", "incomplete_expired", "trialing", "active", "past_due", "canceled", "unpaid", "paused"]'::jsonb @> jsonb_build_array(v) then
+    return p_path || '.status' || ': ' || left(v::text, 80) || ' is not one of incomplete, incomplete_expired, trialing, active, past_due, canceled, unpaid, paused';
+  end if;
+  v := p -> 'created';
+  if v is null then return p_path || '.created' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.created' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 253402300799) then
+      return p_path || '.created' || ': out of range';
+    end if;
+  end if;
+  v := p -> 'cancel_at_period_end';
+  if v is null then return p_path || '.cancel_at_period_end' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'boolean') then
+    return p_path || '.cancel_at_period_end' || ': expected boolean, got ' || jsonb_typeof(v);
+  end if;
+  v := p -> 'canceled_at';
+  if v is null then return p_path || '.canceled_at' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.canceled_at' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 253402300799) then
+      return p_path || '.canceled_at' || ': out of range';
+    end if;
+  end if;
+  v := p -> 'ended_at';
+  if v is null then return p_path || '.ended_at' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.ended_at' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 253402300799) then
+      return p_path || '.ended_at' || ': out of range';
+    end if;
+  end if;
+  v := p -> 'metadata_user_id';
+  if v is null then return p_path || '.metadata_user_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.metadata_user_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.metadata_user_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'items';
+  if v is null then return p_path || '.items' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'array') then
+    return p_path || '.items' || ': expected array, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'array' and jsonb_array_length(v) > 1000 then
+    return p_path || '.items' || ': too many items';
+  end if;
+  if jsonb_typeof(v) = 'array' then
+    for i in 0 .. jsonb_array_length(v) - 1 loop
+      v_problem := tally.typed_subscription_problem__items_item(v -> i, p_path || '.items' || '[' || i || ']');
+      if v_problem is not null then return v_problem; end if;
+    end loop;
+  end if;
+  v := p -> 'previous';
+  if v is null then return p_path || '.previous' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'object') then
+      return p_path || '.previous' || ': expected object, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'object' then
+      v_problem := tally.typed_subscription_problem__previous(v, p_path || '.previous');
+      if v_problem is not null then return v_problem; end if;
+    end if;
+  end if;
+  return null;
+end;
+$$;
+
+revoke all on function tally.typed_subscription_problem(jsonb, text) from public, anon, authenticated;
+
+create function tally.typed_subscription_problem__items_item(p jsonb, p_path text) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v jsonb;
+  v_problem text;
+  i integer;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    return p_path || ': expected object, got ' || coalesce(jsonb_typeof(p), 'nothing');
+  end if;
+  if (p - array['current_period_end', 'current_period_start', 'price_id']::text[]) <> '{}'::jsonb then
+    return p_path || '.' || (select left(k, 80) from jsonb_object_keys(p - array['current_period_end', 'current_period_start', 'price_id']::text[]) as k order by k limit 1) || ': unexpected field';
+  end if;
+  v := p -> 'price_id';
+  if v is null then return p_path || '.price_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.price_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.price_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'current_period_start';
+  if v is null then return p_path || '.current_period_start' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.current_period_start' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 253402300799) then
+      return p_path || '.current_period_start' || ': out of range';
+    end if;
+  end if;
+  v := p -> 'current_period_end';
+  if v is null then return p_path || '.current_period_end' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.current_period_end' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 253402300799) then
+      return p_path || '.current_period_end' || ': out of range';
+    end if;
+  end if;
+  return null;
+end;
+$$;
+
+revoke all on function tally.typed_subscription_problem__items_item(jsonb, text) from public, anon, authenticated;
+
+create function tally.typed_subscription_problem__previous(p jsonb, p_path text) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v jsonb;
+  v_problem text;
+  i integer;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    return p_path || ': expected object, got ' || coalesce(jsonb_typeof(p), 'nothing');
+  end if;
+  if (p - array['cancel_at_period_end', 'items', 'status']::text[]) <> '{}'::jsonb then
+    return p_path || '.' || (select left(k, 80) from jsonb_object_keys(p - array['cancel_at_period_end', 'items', 'status']::text[]) as k order by k limit 1) || ': unexpected field';
+  end if;
+  v := p -> 'status';
+  if v is null then return p_path || '.status' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.status' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 64 then
+      return p_path || '.status' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'cancel_at_period_end';
+  if v is null then return p_path || '.cancel_at_period_end' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'boolean') then
+      return p_path || '.cancel_at_period_end' || ': expected boolean, got ' || jsonb_typeof(v);
+    end if;
+  end if;
+  v := p -> 'items';
+  if v is null then return p_path || '.items' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'array') then
+      return p_path || '.items' || ': expected array, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'array' and jsonb_array_length(v) > 1000 then
+      return p_path || '.items' || ': too many items';
+    end if;
+    if jsonb_typeof(v) = 'array' then
+      for i in 0 .. jsonb_array_length(v) - 1 loop
+        v_problem := tally.typed_subscription_problem__previous__items_item(v -> i, p_path || '.items' || '[' || i || ']');
+        if v_problem is not null then return v_problem; end if;
+      end loop;
+    end if;
+  end if;
+  return null;
+end;
+$$;
+
+revoke all on function tally.typed_subscription_problem__previous(jsonb, text) from public, anon, authenticated;
+
+create function tally.typed_subscription_problem__previous__items_item(p jsonb, p_path text) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v jsonb;
+  v_problem text;
+  i integer;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    return p_path || ': expected object, got ' || coalesce(jsonb_typeof(p), 'nothing');
+  end if;
+  if (p - array['current_period_end', 'current_period_start', 'price_id']::text[]) <> '{}'::jsonb then
+    return p_path || '.' || (select left(k, 80) from jsonb_object_keys(p - array['current_period_end', 'current_period_start', 'price_id']::text[]) as k order by k limit 1) || ': unexpected field';
+  end if;
+  v := p -> 'price_id';
+  if v is null then return p_path || '.price_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.price_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.price_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'current_period_start';
+  if v is null then return p_path || '.current_period_start' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.current_period_start' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 253402300799) then
+      return p_path || '.current_period_start' || ': out of range';
+    end if;
+  end if;
+  v := p -> 'current_period_end';
+  if v is null then return p_path || '.current_period_end' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.current_period_end' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 253402300799) then
+      return p_path || '.current_period_end' || ': out of range';
+    end if;
+  end if;
+  return null;
+end;
+$$;
+
+revoke all on function tally.typed_subscription_problem__previous__items_item(jsonb, text) from public, anon, authenticated;
+
+create function tally.typed_charge_problem(p jsonb, p_path text) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v jsonb;
+  v_problem text;
+  i integer;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    return p_path || ': expected object, got ' || coalesce(jsonb_typeof(p), 'nothing');
+  end if;
+  if (p - array['amount', 'amount_refunded', 'currency', 'customer_id', 'id', 'invoice_id', 'metadata_user_id', 'payment_intent_id']::text[]) <> '{}'::jsonb then
+    return p_path || '.' || (select left(k, 80) from jsonb_object_keys(p - array['amount', 'amount_refunded', 'currency', 'customer_id', 'id', 'invoice_id', 'metadata_user_id', 'payment_intent_id']::text[]) as k order by k limit 1) || ': unexpected field';
+  end if;
+  v := p -> 'id';
+  if v is null then return p_path || '.id' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.id' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+    return p_path || '.id' || ': length out of range';
+  end if;
+  v := p -> 'customer_id';
+  if v is null then return p_path || '.customer_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.customer_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.customer_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'payment_intent_id';
+  if v is null then return p_path || '.payment_intent_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.payment_intent_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.payment_intent_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'invoice_id';
+  if v is null then return p_path || '.invoice_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.invoice_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.invoice_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'metadata_user_id';
+  if v is null then return p_path || '.metadata_user_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.metadata_user_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.metadata_user_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'amount';
+  if v is null then return p_path || '.amount' || ': required'; end if;
+  if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+    return p_path || '.amount' || ': expected integer, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 9223372036854775807) then
+    return p_path || '.amount' || ': out of range';
+  end if;
+  v := p -> 'amount_refunded';
+  if v is null then return p_path || '.amount_refunded' || ': required'; end if;
+  if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+    return p_path || '.amount_refunded' || ': expected integer, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 9223372036854775807) then
+    return p_path || '.amount_refunded' || ': out of range';
+  end if;
+  v := p -> 'currency';
+  if v is null then return p_path || '.currency' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.currency' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 16 then
+      return p_path || '.currency' || ': length out of range';
+    end if;
+  end if;
+  return null;
+end;
+$$;
+
+revoke all on function tally.typed_charge_problem(jsonb, text) from public, anon, authenticated;
+
+create function tally.typed_dispute_problem(p jsonb, p_path text) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v jsonb;
+  v_problem text;
+  i integer;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    return p_path || ': expected object, got ' || coalesce(jsonb_typeof(p), 'nothing');
+  end if;
+  if (p - array['amount', 'charge_id', 'currency', 'id', 'payment_intent_id', 'reason', 'status']::text[]) <> '{}'::jsonb then
+    return p_path || '.' || (select left(k, 80) from jsonb_object_keys(p - array['amount', 'charge_id', 'currency', 'id', 'payment_intent_id', 'reason', 'status']::text[]) as k order by k limit 1) || ': unexpected field';
+  end if;
+  v := p -> 'id';
+  if v is null then return p_path || '.id' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.id' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+    return p_path || '.id' || ': length out of range';
+  end if;
+  v := p -> 'charge_id';
+  if v is null then return p_path || '.charge_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.charge_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.charge_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'payment_intent_id';
+  if v is null then return p_path || '.payment_intent_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.payment_intent_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.payment_intent_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'amount';
+  if v is null then return p_path || '.amount' || ': required'; end if;
+  if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+    return p_path || '.amount' || ': expected integer, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 9223372036854775807) then
+    return p_path || '.amount' || ': out of range';
+  end if;
+  v := p -> 'currency';
+  if v is null then return p_path || '.currency' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.currency' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 16 then
+      return p_path || '.currency' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'status';
+  if v is null then return p_path || '.status' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.status' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 64 then
+    return p_path || '.status' || ': length out of range';
+  end if;
+  v := p -> 'reason';
+  if v is null then return p_path || '.reason' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.reason' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 64 then
+      return p_path || '.reason' || ': length out of range';
+    end if;
+  end if;
+  return null;
+end;
+$$;
+
+revoke all on function tally.typed_dispute_problem(jsonb, text) from public, anon, authenticated;
+
+create function tally.typed_invoice_payment_problem(p jsonb, p_path text) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v jsonb;
+  v_problem text;
+  i integer;
+begin
+  if jsonb_typeof(p) is distinct from 'object' then
+    return p_path || ': expected object, got ' || coalesce(jsonb_typeof(p), 'nothing');
+  end if;
+  if (p - array['amount_paid', 'charge_id', 'currency', 'id', 'invoice_id', 'payment_intent_id', 'status']::text[]) <> '{}'::jsonb then
+    return p_path || '.' || (select left(k, 80) from jsonb_object_keys(p - array['amount_paid', 'charge_id', 'currency', 'id', 'invoice_id', 'payment_intent_id', 'status']::text[]) as k order by k limit 1) || ': unexpected field';
+  end if;
+  v := p -> 'id';
+  if v is null then return p_path || '.id' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.id' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+    return p_path || '.id' || ': length out of range';
+  end if;
+  v := p -> 'invoice_id';
+  if v is null then return p_path || '.invoice_id' || ': required'; end if;
+  if not (jsonb_typeof(v) = 'string') then
+    return p_path || '.invoice_id' || ': expected string, got ' || jsonb_typeof(v);
+  end if;
+  if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+    return p_path || '.invoice_id' || ': length out of range';
+  end if;
+  v := p -> 'payment_intent_id';
+  if v is null then return p_path || '.payment_intent_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.payment_intent_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.payment_intent_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'charge_id';
+  if v is null then return p_path || '.charge_id' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.charge_id' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 255 then
+      return p_path || '.charge_id' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'amount_paid';
+  if v is null then return p_path || '.amount_paid' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not ((jsonb_typeof(v) = 'number' and (v::text)::numeric % 1 = 0)) then
+      return p_path || '.amount_paid' || ': expected integer, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'number' and ((v::text)::numeric < 0 or (v::text)::numeric > 9223372036854775807) then
+      return p_path || '.amount_paid' || ': out of range';
+    end if;
+  end if;
+  v := p -> 'currency';
+  if v is null then return p_path || '.currency' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.currency' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 16 then
+      return p_path || '.currency' || ': length out of range';
+    end if;
+  end if;
+  v := p -> 'status';
+  if v is null then return p_path || '.status' || ': required'; end if;
+  if jsonb_typeof(v) <> 'null' then
+    if not (jsonb_typeof(v) = 'string') then
+      return p_path || '.status' || ': expected string, got ' || jsonb_typeof(v);
+    end if;
+    if jsonb_typeof(v) = 'string' and length(v #>> '{}') not between 1 and 64 then
+      return p_path || '.status' || ': length out of range';
+    end if;
+  end if;
+  return null;
+end;
+$$;
+
+revoke all on function tally.typed_invoice_payment_problem(jsonb, text) from public, anon, authenticated;
+
+-- Which object key an event type carries.
+create function tally.typed_object_key(p_type text) returns text
+language sql
+immutable
+as $$
+  select case
+    when p_type in ('checkout.session.completed', 'checkout.session.async_payment_succeeded', 'checkout.session.async_payment_failed') then 'checkout_session'
+    when p_type in ('invoice.paid', 'invoice.payment_failed') then 'invoice'
+    when p_type in ('customer.subscription.created', 'customer.subscription.updated', 'customer.subscription.deleted') then 'subscription'
+    when p_type in ('charge.refunded') then 'charge'
+    when p_type in ('charge.dispute.created', 'charge.dispute.closed') then 'dispute'
+    when p_type in ('invoice_payment.paid') then 'invoice_payment'
+  end;
+$$;
+
+revoke all on function tally.typed_object_key(text) from public, anon, authenticated;
+
+-- The checker of one object key.
+create function tally.typed_object_problem(p_key text, p jsonb, p_path text)
+returns text
+language sql
+immutable
+as $$
+  select case p_key
+    when 'checkout_session' then tally.typed_checkout_session_problem(p, p_path)
+    when 'invoice' then tally.typed_invoice_problem(p, p_path)
+    when 'subscription' then tally.typed_subscription_problem(p, p_path)
+    when 'charge' then tally.typed_charge_problem(p, p_path)
+    when 'dispute' then tally.typed_dispute_problem(p, p_path)
+    when 'invoice_payment' then tally.typed_invoice_payment_problem(p, p_path)
+  end;
+$$;
+
+revoke all on function tally.typed_object_problem(text, jsonb, text)
   from public, anon, authenticated;
+
+-- generated:end
+
+-- The first problem of a typed event, or null: the envelope, then the one
+-- object its type names (none when the sidecar says what its problem is).
+create function tally.typed_event_problem(p_event jsonb) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_problem text := tally.typed_envelope_problem(p_event, 'event');
+  v_key text;
+  v_extra text;
+begin
+  if v_problem is not null then
+    return v_problem;
+  end if;
+  v_key := tally.typed_object_key(p_event ->> 'type');
+  select k into v_extra
+    from unnest(array['checkout_session', 'invoice', 'subscription', 'charge', 'dispute',
+                      'invoice_payment']) as k
+   where p_event ? k and (k <> v_key or jsonb_typeof(p_event -> 'problem') = 'string')
+   limit 1;
+  if v_extra is not null then
+    return format('event.%s: not expected for %s%s', v_extra, p_event ->> 'type',
+                  case when jsonb_typeof(p_event -> 'problem') = 'string'
+                       then ' with a problem' else '' end);
+  end if;
+  if jsonb_typeof(p_event -> 'problem') = 'string' then
+    return null;
+  end if;
+  if not p_event ? v_key then
+    return format('event.%s: required for %s', v_key, p_event ->> 'type');
+  end if;
+  return tally.typed_object_problem(v_key, p_event -> v_key, 'event.' || v_key);
+end;
+$$;
+
+revoke all on function tally.typed_event_problem(jsonb) from public, anon, authenticated;

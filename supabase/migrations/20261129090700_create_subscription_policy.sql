@@ -1,11 +1,16 @@
 -- Subscriptions and the rule that sets plan credits. Every subscription
 -- event and every invoice of a subscription is kept as an observation; the
--- subscription mirror and each period's plan are folded from all of them in
--- a canonical order (by Stripe's created; within one second by following
--- data.previous_attributes from the state before it), so they are a
--- function of the set of events, never of their arrival order. A newly paid
--- period resets plan credits to its plan's monthly credits; a plan change
--- within the current period gives max(0, new allowance - plan credits spent).
+-- subscription mirror is folded from all of them in a canonical order (by
+-- Stripe's created; within one second by following
+-- data.previous_attributes from the state before it), so it is a function
+-- of the set of events, never of their arrival order.
+--
+-- Plan credits follow verified money. A period's allowance is folded in
+-- Stripe time order from what was paid for it: the plan its invoice billed,
+-- plus what each paid upgrade invoice (billing_reason subscription_update)
+-- pays for with its proration lines, lowered at once to the new plan's
+-- credits by a downgrade. Plan credits are max(0, allowance - taken back by
+-- refunds and open disputes of those invoices - spent in the period).
 
 -- Whole numbers may arrive as 5.0: read them as such.
 create function tally.to_time(p_seconds jsonb) returns timestamptz
@@ -16,18 +21,74 @@ as $$
               else to_timestamp((p_seconds #>> '{}')::numeric) end;
 $$;
 
-revoke all on function tally.to_time(jsonb)
-  from public, anon, authenticated;
+revoke all on function tally.to_time(jsonb) from public, anon, authenticated;
 
-create function tally.to_integer(p_value jsonb) returns integer
+create function tally.to_bigint(p_value jsonb) returns bigint
 language sql
 immutable
 as $$
-  select (p_value #>> '{}')::numeric::integer;
+  select (p_value #>> '{}')::numeric::bigint;
 $$;
 
-revoke all on function tally.to_integer(jsonb)
-  from public, anon, authenticated;
+revoke all on function tally.to_bigint(jsonb) from public, anon, authenticated;
+
+-- Monthly credits of a plan's Stripe price, or null when no plan has it
+-- (active or not: a customer on a retired plan keeps getting it).
+create function tally.plan_credits_of(p_price_id text) returns integer
+language sql
+stable
+as $$
+  select pl.monthly_credits from public.plans pl where pl.stripe_price_id = p_price_id;
+$$;
+
+revoke all on function tally.plan_credits_of(text) from public, anon, authenticated;
+
+create function tally.plan_name_of(p_price_id text) returns text
+language sql
+stable
+as $$
+  select coalesce((select pl.name from public.plans pl where pl.stripe_price_id = p_price_id),
+                  p_price_id);
+$$;
+
+revoke all on function tally.plan_name_of(text) from public, anon, authenticated;
+
+-- The item of a subscription (or of its previous state) that is the plan:
+-- the one whose price is in the catalog; other items (a metered price, say)
+-- are ignored. With p_strict, two different catalog plans, or prices of
+-- which none is a plan, are rejected.
+create function tally.plan_item(p_items jsonb, p_strict boolean) returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_plans jsonb;
+  v_unknown text;
+begin
+  select jsonb_agg(item order by item ->> 'price_id'),
+         min(item ->> 'price_id') filter (where not exists (
+           select 1 from public.plans pl where pl.stripe_price_id = item ->> 'price_id'))
+    into v_plans, v_unknown
+    from jsonb_array_elements(coalesce(p_items, '[]'::jsonb)) as item
+   where item ->> 'price_id' is not null;
+  select jsonb_agg(item) into v_plans
+    from jsonb_array_elements(coalesce(v_plans, '[]'::jsonb)) as item
+   where exists (select 1 from public.plans pl where pl.stripe_price_id = item ->> 'price_id');
+  if p_strict and v_plans is null and v_unknown is not null then
+    perform tally.reject(format('unknown price %s: no plan has it', v_unknown));
+  end if;
+  if p_strict and (select count(distinct item ->> 'price_id')
+                     from jsonb_array_elements(coalesce(v_plans, '[]'::jsonb)) as item) > 1 then
+    perform tally.reject(format('two catalog plans on one subscription: %s',
+                                (select string_agg(distinct item ->> 'price_id', ', ')
+                                   from jsonb_array_elements(v_plans) as item)));
+  end if;
+  return v_plans -> 0;
+end;
+$$;
+
+revoke all on function tally.plan_item(jsonb, boolean) from public, anon, authenticated;
 
 create function tally.is_final_status(p_status text) returns boolean
 language sql
@@ -36,8 +97,7 @@ as $$
   select p_status in ('canceled', 'incomplete_expired');
 $$;
 
-revoke all on function tally.is_final_status(text)
-  from public, anon, authenticated;
+revoke all on function tally.is_final_status(text) from public, anon, authenticated;
 
 -- Breaks ties between two states of one second by how far along they are.
 create function tally.status_rank(p_status text) returns integer
@@ -49,8 +109,7 @@ as $$
           'incomplete_expired', 'canceled'], p_status);
 $$;
 
-revoke all on function tally.status_rank(text)
-  from public, anon, authenticated;
+revoke all on function tally.status_rank(text) from public, anon, authenticated;
 
 -- Did the update whose previous_attributes are p_previous leave this state?
 create function tally.left_state(
@@ -75,7 +134,7 @@ as $$
              is not distinct from p_state.cancel_at_period_end);
 $$;
 
-revoke all on function tally.left_state(jsonb,text,tally.subscription_observations)
+revoke all on function tally.left_state(jsonb, text, tally.subscription_observations)
   from public, anon, authenticated;
 
 -- Which of the same-second updates comes next after p_state: the one that
@@ -104,7 +163,8 @@ begin
 end;
 $$;
 
-revoke all on function tally.next_in_second(tally.subscription_observations,text,tally.subscription_observations[])
+revoke all on function tally.next_in_second(tally.subscription_observations, text,
+                                            tally.subscription_observations[])
   from public, anon, authenticated;
 
 -- What a paid or failed invoice does to a subscription's status.
@@ -124,7 +184,7 @@ as $$
   end;
 $$;
 
-revoke all on function tally.status_after_invoice(text,boolean,text)
+revoke all on function tally.status_after_invoice(text, boolean, text)
   from public, anon, authenticated;
 
 -- Fold a subscription's observations into its mirror row. Within a second,
@@ -181,7 +241,7 @@ begin
   end if;
 
   -- Fields come from subscription events; with none yet, from the newest
-  -- invoice line, else the newest invoice.
+  -- invoice with a plan line, else the newest invoice.
   if v_state.subscription_id is not null then
     v_fields := v_state;
   else
@@ -219,76 +279,10 @@ begin
 end;
 $$;
 
-revoke all on function tally.resolve_subscription(text)
-  from public, anon, authenticated;
+revoke all on function tally.resolve_subscription(text) from public, anon, authenticated;
 
--- Fold the observations that name a period into its plan: by time, an
--- invoice line dated by the invoice's own created (it was billed from the
--- state of that moment), a subscription event by the event's created;
--- within a second the invoice line first, then the updates, each next one
--- being the update that left the price reached so far.
-create function tally.resolve_period_plan(
-  p_subscription_id text, p_period_start timestamptz, p_user_id uuid
-) returns void
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_second timestamptz;
-  v_price_id text;
-  v_pending tally.subscription_observations[];
-  v_next tally.subscription_observations;
-  v_observations tally.subscription_observations[];
-begin
-  select array_agg(o) into v_observations from tally.subscription_observations o
-   where o.subscription_id = p_subscription_id and o.current_period_start = p_period_start
-     and o.price_id is not null;
-  for v_second in
-    select distinct coalesce(o.line_observed_at, o.observed_at) from unnest(v_observations) o
-     order by 1
-  loop
-    select coalesce(
-             (select o.price_id from unnest(v_observations) o
-               where o.source = 'invoice'
-                 and coalesce(o.line_observed_at, o.observed_at) = v_second
-               order by o.stripe_event_id desc
-               limit 1),
-             v_price_id)
-      into v_price_id;
-    v_pending := array(select o from unnest(v_observations) o
-                        where o.source = 'subscription' and o.observed_at = v_second);
-    while coalesce(cardinality(v_pending), 0) > 0 loop
-      select c.* into v_next from unnest(v_pending) as c
-       order by coalesce(c.previous ->> 'price_id' = v_price_id and c.price_id <> v_price_id,
-                         false) desc,
-                exists (select 1 from unnest(v_pending) as other
-                         where other.stripe_event_id <> c.stripe_event_id
-                           and other.previous ->> 'price_id' = c.price_id
-                           and other.price_id <> c.price_id) desc,
-                c.stripe_event_id
-       limit 1;
-      v_pending := array(select c from unnest(v_pending) as c
-                          where c.stripe_event_id <> v_next.stripe_event_id);
-      v_price_id := v_next.price_id;
-    end loop;
-  end loop;
-  if v_price_id is null then
-    return;
-  end if;
-  insert into tally.period_plans (subscription_id, period_start, user_id, price_id)
-  values (p_subscription_id, p_period_start, p_user_id, v_price_id)
-  on conflict (subscription_id, period_start) do update set price_id = excluded.price_id;
-end;
-$$;
-
-revoke all on function tally.resolve_period_plan(text,timestamp with time zone,uuid)
-  from public, anon, authenticated;
-
--- Record what an event says about its subscription, then re-fold the
--- mirror and the plan of the period it names.
-create function tally.observe(
-  p_observation tally.subscription_observations
-) returns void
+-- Record what an event says about its subscription and re-fold the mirror.
+create function tally.observe(p_observation tally.subscription_observations) returns void
 language plpgsql
 set search_path = ''
 as $$
@@ -296,33 +290,10 @@ begin
   insert into tally.subscription_observations select p_observation.*
   on conflict do nothing;
   perform tally.resolve_subscription(p_observation.subscription_id);
-  if p_observation.price_id is not null and p_observation.current_period_start is not null then
-    perform tally.resolve_period_plan(p_observation.subscription_id,
-                                      p_observation.current_period_start,
-                                      p_observation.user_id);
-  end if;
 end;
 $$;
 
 revoke all on function tally.observe(tally.subscription_observations)
-  from public, anon, authenticated;
-
--- Monthly credits of the newest known plan of a period (null if unknown).
-create function tally.period_allowance(p_subscription_id text, p_period_start timestamptz)
-returns integer
-language plpgsql
-stable
-set search_path = ''
-as $$
-begin
-  return (select pl.monthly_credits
-            from tally.period_plans pp
-            join public.plans pl on pl.stripe_price_id = pp.price_id
-           where pp.subscription_id = p_subscription_id and pp.period_start = p_period_start);
-end;
-$$;
-
-revoke all on function tally.period_allowance(text,timestamp with time zone)
   from public, anon, authenticated;
 
 -- When a subscription stops earning periods: periods that start at or after
@@ -341,8 +312,6 @@ $$;
 revoke all on function tally.subscription_end(tally.subscriptions)
   from public, anon, authenticated;
 
--- Does a paid period count? Not if it starts at or after its
--- subscription's end.
 create function tally.is_period_eligible(p_subscription_id text, p_period_start timestamptz)
 returns boolean
 language plpgsql
@@ -356,47 +325,193 @@ begin
 end;
 $$;
 
-revoke all on function tally.is_period_eligible(text,timestamp with time zone)
+revoke all on function tally.is_period_eligible(text, timestamptz)
+  from public, anon, authenticated;
+
+-- What an upgrade invoice's proration lines pay for in a period: the sum
+-- over its lines of the line plan's monthly credits times the share of the
+-- period the line covers, credit lines (unused time of the old plan)
+-- negative; rounded down; never below zero.
+create function tally.proration_credits(
+  p_lines jsonb, p_period_start timestamptz, p_period_end timestamptz
+) returns integer
+language sql
+stable
+as $$
+  select greatest(0, coalesce(floor(sum(
+           case when (line ->> 'is_credit')::boolean then -1 else 1 end
+           * tally.plan_credits_of(line ->> 'price_id')
+           * greatest(0, extract(epoch from least(tally.to_time(line -> 'period_end'),
+                                                  p_period_end)
+                                         - greatest(tally.to_time(line -> 'period_start'),
+                                                    p_period_start)))
+           / nullif(extract(epoch from p_period_end - p_period_start), 0))), 0))::integer
+    from jsonb_array_elements(p_lines) as line;
+$$;
+
+revoke all on function tally.proration_credits(jsonb, timestamptz, timestamptz)
+  from public, anon, authenticated;
+
+-- Place the subscription's paid upgrade invoices whose period was not known
+-- yet in the paid period that contains their lines, and say what they add.
+create function tally.place_prorations(p_subscription_id text) returns void
+language sql
+as $$
+  update tally.invoices i
+     set period_start = p.period_start,
+         granted = tally.proration_credits(i.proration_lines, p.period_start, p.period_end)
+    from tally.paid_periods p
+   where i.subscription_id = p_subscription_id and i.kind = 'proration'
+     and i.period_start is null
+     and p.subscription_id = i.subscription_id
+     and p.period_start <= (select min(tally.to_time(line -> 'period_start'))
+                              from jsonb_array_elements(i.proration_lines) as line)
+     and p.period_end > (select min(tally.to_time(line -> 'period_start'))
+                           from jsonb_array_elements(i.proration_lines) as line);
+$$;
+
+revoke all on function tally.place_prorations(text) from public, anon, authenticated;
+
+-- A paid period's allowance, folded in Stripe time order: its invoice's
+-- plan, plus each paid upgrade invoice placed in it (at the invoice's
+-- created), lowered to the plan of each subscription event naming the
+-- period (at the event's created). Within one second the upgrades come
+-- first: a same-second upgrade and downgrade never add more than was paid.
+create function tally.period_allowance(p_subscription_id text, p_period_start timestamptz)
+returns integer
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_period tally.paid_periods;
+  v_allowance integer;
+  v_step record;
+begin
+  select * into v_period from tally.paid_periods p
+   where p.subscription_id = p_subscription_id and p.period_start = p_period_start;
+  if not found then
+    return null;
+  end if;
+  v_allowance := coalesce(tally.plan_credits_of(v_period.price_id), 0);
+  for v_step in
+    select i.invoice_created_at as at, 0 as step, i.granted as credits, i.invoice_id as id
+      from tally.invoices i
+     where i.subscription_id = p_subscription_id and i.period_start = p_period_start
+       and i.kind = 'proration' and i.granted is not null
+    union all
+    select o.observed_at, 1, tally.plan_credits_of(o.price_id), o.stripe_event_id
+      from tally.subscription_observations o
+     where o.subscription_id = p_subscription_id and o.current_period_start = p_period_start
+       and o.source = 'subscription' and o.price_id is not null
+       and o.observed_at >= v_period.invoice_created_at
+    order by 1, 2, 4
+  loop
+    if v_step.step = 0 then
+      v_allowance := v_allowance + v_step.credits;
+    elsif v_step.credits is not null then
+      v_allowance := least(v_allowance, v_step.credits);
+    end if;
+  end loop;
+  return v_allowance;
+end;
+$$;
+
+revoke all on function tally.period_allowance(text, timestamptz) from public, anon, authenticated;
+
+-- What the ledger says about a change of plan credits.
+create type tally.plan_context as (
+  stripe_event_id text,
+  stripe_object_id text,
+  why text
+);
+
+-- Move a locked account to plan credits max(0, allowance - refunded -
+-- disputed - spent) with the values given, in one entry of p_kind; the
+-- shortfall is what a clawback could not take because it was spent.
+create function tally.post_plan_change(
+  p_account tally.accounts, p_kind text, p_allowance integer, p_refunded integer,
+  p_disputed integer, p_context tally.plan_context, p_description text,
+  p_always boolean default false
+) returns tally.accounts
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_target integer := greatest(0, p_allowance - p_refunded - p_disputed - p_account.plan_spent);
+  v_taken_back integer := (p_refunded + p_disputed)
+                          - (p_account.plan_refunded + p_account.plan_disputed);
+  v_account tally.accounts;
+begin
+  update tally.accounts
+     set plan_allowance = p_allowance, plan_refunded = p_refunded, plan_disputed = p_disputed
+   where user_id = p_account.user_id
+  returning * into v_account;
+  if v_target <> p_account.plan_credits or p_always or v_taken_back > 0 then
+    perform tally.post_entry(
+      p_account.user_id, p_kind, v_target - p_account.plan_credits, 0,
+      tally.cause(p_description, p_context.stripe_event_id, p_context.stripe_object_id,
+                  p_business_key => format('%s:%s:%s', p_kind, v_account.period_subscription_id,
+                                           extract(epoch from v_account.period_start)::bigint),
+                  p_reason => p_context.why),
+      p_shortfall => greatest(0, v_taken_back - (p_account.plan_credits - v_target)));
+    select * into v_account from tally.accounts where user_id = p_account.user_id;
+  end if;
+  return v_account;
+end;
+$$;
+
+revoke all on function tally.post_plan_change(tally.accounts, text, integer, integer, integer,
+                                              tally.plan_context, text, boolean)
   from public, anon, authenticated;
 
 -- Make p_period the account's plan period with p_plan_spent already spent
--- in it: plan credits become max(0, its allowance - p_plan_spent).
+-- in it: plan credits become its allowance less that (clawbacks follow).
 create function tally.enter_period(
-  p_account tally.accounts, p_period tally.paid_periods, p_plan_spent integer, p_reason text
-) returns void
+  p_account tally.accounts, p_period tally.paid_periods, p_plan_spent integer,
+  p_context tally.plan_context, p_withdrawn boolean
+) returns tally.accounts
 language plpgsql
 set search_path = ''
 as $$
 declare
   v_allowance integer := coalesce(
     tally.period_allowance(p_period.subscription_id, p_period.period_start), 0);
+  v_account tally.accounts;
 begin
   update tally.accounts
      set period_subscription_id = p_period.subscription_id,
          period_start = p_period.period_start,
          period_end = p_period.period_end,
-         plan_allowance = v_allowance,
+         plan_refunded = 0,
+         plan_disputed = 0,
          plan_spent = p_plan_spent
-   where user_id = p_account.user_id;
-  perform tally.post_entry(
-    p_account.user_id, 'subscription_period',
-    greatest(0, v_allowance - p_plan_spent) - p_account.plan_credits, 0,
-    p_business_key => format('period:%s:%s', p_period.subscription_id,
-                             extract(epoch from p_period.period_start)::bigint),
-    p_reason => p_reason);
+   where user_id = p_account.user_id
+  returning * into v_account;
+  return tally.post_plan_change(
+    v_account, 'subscription_period', v_allowance, 0, 0, p_context,
+    case when p_withdrawn then
+      format('Back to the %s period from %s: the later period was withdrawn (its subscription ended before it)',
+             tally.plan_name_of(p_period.price_id), to_char(p_period.period_start, 'YYYY-MM-DD'))
+    else
+      format('%s plan: %s credits for the period from %s to %s, paid by invoice %s',
+             tally.plan_name_of(p_period.price_id), v_allowance,
+             to_char(p_period.period_start, 'YYYY-MM-DD'), to_char(p_period.period_end, 'YYYY-MM-DD'),
+             p_period.invoice_id)
+    end,
+    p_always => true);
 end;
 $$;
 
-revoke all on function tally.enter_period(tally.accounts, tally.paid_periods, integer, text)
+revoke all on function tally.enter_period(tally.accounts, tally.paid_periods, integer,
+                                          tally.plan_context, boolean)
   from public, anon, authenticated;
 
--- The newest eligible paid period sets the plan credits: a newer one resets
--- them to its plan's monthly credits; the same one follows its plan changes
--- (max(0, new allowance - plan credits spent in it)); an older one (the
--- current period turned out to start after its subscription's end) takes
--- its place again with its allowance less what was spent in it and since.
--- The caller holds the account lock.
-create function tally.settle_plan_period(p_user_id uuid) returns void
+-- Bring a locked account's plan credits in line with what was paid: the
+-- newest eligible paid period is the current one (a newer one resets plan
+-- credits; an older one takes the place of a withdrawn one, with what was
+-- spent in it and since); then its allowance, refunds and disputes.
+create function tally.settle_plan(p_user_id uuid, p_context tally.plan_context) returns void
 language plpgsql
 set search_path = ''
 as $$
@@ -404,6 +519,7 @@ declare
   v_account tally.accounts;
   v_period tally.paid_periods;
   v_allowance integer;
+  v_clawbacks record;
 begin
   select * into v_account from tally.accounts where user_id = p_user_id;
   select pp.* into v_period from tally.paid_periods pp
@@ -422,31 +538,45 @@ begin
     update tally.paid_periods set plan_spent = v_account.plan_spent
      where subscription_id = v_account.period_subscription_id
        and period_start = v_account.period_start;
-    perform tally.enter_period(v_account, v_period, 0, null);
+    v_account := tally.enter_period(v_account, v_period, 0, p_context, false);
   elsif (v_period.period_start, v_period.subscription_id)
-        = (v_account.period_start, v_account.period_subscription_id) then
-    v_allowance := tally.period_allowance(v_period.subscription_id, v_period.period_start);
-    if v_allowance is not null and v_allowance <> v_account.plan_allowance then
-      update tally.accounts set plan_allowance = v_allowance where user_id = p_user_id;
-      perform tally.post_entry(
-        p_user_id, 'plan_change',
-        greatest(0, v_allowance - v_account.plan_spent) - v_account.plan_credits, 0,
-        p_business_key => format('plan:%s:%s:%s', v_period.subscription_id,
-                                 extract(epoch from v_period.period_start)::bigint, v_allowance));
-    end if;
-  else
-    -- Back to the older period, as if the withdrawn one had never been
-    -- paid: its allowance less what was spent in it and since.
-    perform tally.enter_period(
-      v_account, v_period, v_period.plan_spent + v_account.plan_spent,
-      format('period of %s starting %s withdrawn: the subscription ended before it',
-             v_account.period_subscription_id, v_account.period_start));
+        < (v_account.period_start, v_account.period_subscription_id) then
+    v_account := tally.enter_period(v_account, v_period,
+                                    v_period.plan_spent + v_account.plan_spent, p_context, true);
+  end if;
+
+  v_allowance := tally.period_allowance(v_period.subscription_id, v_period.period_start);
+  if v_allowance <> v_account.plan_allowance then
+    v_account := tally.post_plan_change(
+      v_account, 'plan_change', v_allowance, v_account.plan_refunded, v_account.plan_disputed,
+      p_context,
+      format('Allowance of this period now %s credits (%s)', v_allowance,
+             coalesce(p_context.why, 'plan changed')));
+  end if;
+  select * into v_clawbacks
+    from tally.period_clawbacks(v_period.subscription_id, v_period.period_start);
+  if v_clawbacks.refunded <> v_account.plan_refunded then
+    v_account := tally.post_plan_change(
+      v_account, 'refund_clawback', v_allowance, v_clawbacks.refunded, v_account.plan_disputed,
+      p_context,
+      format('Refund of this period''s payments: %s plan credits taken back in all',
+             v_clawbacks.refunded));
+  end if;
+  if v_clawbacks.disputed <> v_account.plan_disputed then
+    v_account := tally.post_plan_change(
+      v_account,
+      case when v_clawbacks.disputed > v_account.plan_disputed then 'dispute_clawback'
+           else 'dispute_reinstated' end,
+      v_allowance, v_account.plan_refunded, v_clawbacks.disputed, p_context,
+      case when v_clawbacks.disputed > v_account.plan_disputed
+           then format('Dispute of this period''s payment: %s plan credits taken back while it is open',
+                       v_clawbacks.disputed)
+           else 'Dispute closed in your favour: plan credits given back' end);
   end if;
 end;
 $$;
 
-revoke all on function tally.settle_plan_period(uuid)
-  from public, anon, authenticated;
+revoke all on function tally.settle_plan(uuid, tally.plan_context) from public, anon, authenticated;
 
 -- Copy the user's most relevant subscription (not ended first, then newest
 -- period, then newest) onto the account, for credit_balances.
@@ -456,7 +586,6 @@ set search_path = ''
 as $$
 declare
   v_subscription tally.subscriptions;
-  v_price_id text;
 begin
   select * into v_subscription from tally.subscriptions
    where user_id = p_user_id
@@ -466,15 +595,11 @@ begin
   if not found then
     return;
   end if;
-  select pp.price_id into v_price_id from tally.period_plans pp
-   where pp.subscription_id = v_subscription.subscription_id
-   order by pp.period_start desc
-   limit 1;
   update tally.accounts a
      set subscription_id = v_subscription.subscription_id,
          subscription_status = v_subscription.status,
          plan_key = (select pl.key from public.plans pl
-                      where pl.stripe_price_id = coalesce(v_price_id, v_subscription.price_id)),
+                      where pl.stripe_price_id = v_subscription.price_id),
          current_period_start = greatest(
            v_subscription.current_period_start,
            case when a.period_subscription_id = v_subscription.subscription_id
@@ -489,66 +614,258 @@ begin
 end;
 $$;
 
-revoke all on function tally.refresh_subscription_summary(uuid)
+revoke all on function tally.refresh_subscription_summary(uuid) from public, anon, authenticated;
+
+-- List a second paid subscription of one user for the operator (checkout
+-- prevents it; a subscription made elsewhere can still appear).
+create function tally.review_second_subscription(p_user_id uuid, p_subscription_id text,
+                                                 p_event_id text)
+returns void
+language sql
+as $$
+  insert into tally.operator_reviews (kind, object_id, user_id, stripe_event_id, details)
+  select 'second_subscription', p_subscription_id, p_user_id, p_event_id,
+         jsonb_build_object('other_subscriptions', jsonb_agg(s.subscription_id order by s.subscription_id))
+    from tally.subscriptions s
+   where s.user_id = p_user_id and s.subscription_id <> p_subscription_id
+     and not tally.is_final_status(s.status)
+     and exists (select 1 from tally.paid_periods p where p.subscription_id = s.subscription_id)
+  having count(*) > 0
+  on conflict (kind, object_id) do nothing;
+$$;
+
+revoke all on function tally.review_second_subscription(uuid, text, text)
+  from public, anon, authenticated;
+
+-- The lines of an invoice that belong to its subscription, read once:
+-- the prices of its catalog plan lines (not prorations), the newest of
+-- those lines, its catalog proration lines, and a price no plan has.
+create function tally.invoice_lines(p_invoice jsonb,
+                                    out plan_prices text[], out plan_line jsonb,
+                                    out proration_lines jsonb, out unknown_price text,
+                                    out line_count integer)
+language sql
+stable
+as $$
+  select array_agg(distinct l.price_id) filter (where l.is_plan and not l.is_proration),
+         (array_agg(l.line order by l.period_start desc nulls last)
+            filter (where l.is_plan and not l.is_proration))[1],
+         jsonb_agg(jsonb_build_object('price_id', l.price_id,
+                                      'is_credit', l.line -> 'is_credit',
+                                      'period_start', l.line -> 'period_start',
+                                      'period_end', l.line -> 'period_end'))
+           filter (where l.is_plan and l.is_proration),
+         min(l.price_id) filter (where not l.is_plan),
+         count(*)::integer
+    from (select line, line ->> 'price_id' as price_id,
+                 coalesce((line ->> 'is_proration')::boolean, false) as is_proration,
+                 (line ->> 'period_start')::bigint as period_start,
+                 exists (select 1 from public.plans pl
+                          where pl.stripe_price_id = line ->> 'price_id') as is_plan
+            from jsonb_array_elements(coalesce(p_invoice -> 'lines', '[]'::jsonb)) as line
+           where coalesce(line ->> 'subscription_id', p_invoice ->> 'subscription_id')
+                 = p_invoice ->> 'subscription_id') as l;
+$$;
+
+revoke all on function tally.invoice_lines(jsonb) from public, anon, authenticated;
+
+-- Which invoice a payment paid; wakes the refunds and disputes that
+-- waited for it.
+create function tally.record_invoice_payment(p_payment_key text, p_invoice_id text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if p_payment_key is null or p_invoice_id is null then
+    return;
+  end if;
+  perform tally.lock_key(p_payment_key);
+  insert into tally.invoice_payments (payment_key, invoice_id)
+  values (p_payment_key, p_invoice_id)
+  on conflict (payment_key) do nothing;
+  if found then
+    perform tally.wake(p_payment_key);
+  end if;
+end;
+$$;
+
+revoke all on function tally.record_invoice_payment(text, text) from public, anon, authenticated;
+
+-- A paid invoice's plan line pays its period: the business key is the
+-- subscription and the period's start; if two invoices claim one period,
+-- the earliest decides its plan, whatever the arrival order.
+create function tally.record_paid_period(p_event jsonb, p_user_id uuid, p_line jsonb,
+                                         p_created timestamptz)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_invoice jsonb := p_event -> 'invoice';
+  v_is_new boolean;
+begin
+  insert into tally.paid_periods as p (subscription_id, period_start, period_end, user_id,
+                                       price_id, invoice_id, invoice_created_at,
+                                       stripe_event_id)
+  values (v_invoice ->> 'subscription_id', tally.to_time(p_line -> 'period_start'),
+          tally.to_time(p_line -> 'period_end'), p_user_id, p_line ->> 'price_id',
+          v_invoice ->> 'id', p_created, p_event ->> 'id')
+  on conflict (subscription_id, period_start) do update
+     set price_id = excluded.price_id, invoice_id = excluded.invoice_id,
+         invoice_created_at = excluded.invoice_created_at, period_end = excluded.period_end
+   where (excluded.invoice_created_at, excluded.invoice_id)
+         < (p.invoice_created_at, p.invoice_id)
+  returning xmax = 0 into v_is_new;
+  insert into tally.invoices (invoice_id, kind, user_id, subscription_id, invoice_created_at,
+                              amount_paid, currency, period_start, granted, stripe_event_id)
+  values (v_invoice ->> 'id', 'period', p_user_id, v_invoice ->> 'subscription_id', p_created,
+          tally.to_bigint(v_invoice -> 'amount_paid'), v_invoice ->> 'currency',
+          tally.to_time(p_line -> 'period_start'),
+          coalesce(tally.plan_credits_of(p_line ->> 'price_id'), 0), p_event ->> 'id')
+  on conflict (invoice_id, kind) do nothing;
+  return coalesce(v_is_new, false);
+end;
+$$;
+
+revoke all on function tally.record_paid_period(jsonb, uuid, jsonb, timestamptz)
+  from public, anon, authenticated;
+
+-- A paid upgrade invoice (billing_reason subscription_update): what its
+-- proration lines pay for is added to the period that contains them, once
+-- that period is known. Business key: the invoice.
+create function tally.record_proration_invoice(p_event jsonb, p_user_id uuid,
+                                               p_lines jsonb, p_created timestamptz)
+returns void
+language sql
+as $$
+  insert into tally.invoices (invoice_id, kind, user_id, subscription_id, invoice_created_at,
+                              amount_paid, currency, proration_lines, stripe_event_id)
+  values (p_event -> 'invoice' ->> 'id', 'proration', p_user_id,
+          p_event -> 'invoice' ->> 'subscription_id', p_created,
+          tally.to_bigint(p_event -> 'invoice' -> 'amount_paid'),
+          p_event -> 'invoice' ->> 'currency', p_lines, p_event ->> 'id')
+  on conflict (invoice_id, kind) do nothing;
+$$;
+
+revoke all on function tally.record_proration_invoice(jsonb, uuid, jsonb, timestamptz)
   from public, anon, authenticated;
 
 -- invoice.paid / invoice.payment_failed. Returns a note when nothing was
--- granted, null when a period was.
+-- granted, null when something was.
 create function tally.apply_invoice(p_event jsonb, p_user_id uuid) returns text
 language plpgsql
 set search_path = ''
 as $$
 declare
   v_invoice jsonb := p_event -> 'invoice';
-  v_is_paid boolean := p_event ->> 'type' = 'invoice.paid' and v_invoice ->> 'status' = 'paid';
+  v_invoice_id text := v_invoice ->> 'id';
   v_subscription_id text := v_invoice ->> 'subscription_id';
-  v_period_start timestamptz := tally.to_time(v_invoice -> 'period_start');
-  v_is_new_period boolean;
+  v_reason text := v_invoice ->> 'billing_reason';
+  v_is_paid boolean := p_event ->> 'type' = 'invoice.paid' and v_invoice ->> 'status' = 'paid';
+  v_created timestamptz := coalesce(tally.to_time(v_invoice -> 'created'),
+                                    tally.to_time(p_event -> 'created'));
+  v_lines record;
+  v_is_upgrade boolean;
   v_note text;
 begin
   if v_subscription_id is null then
     return 'not a subscription invoice: nothing to grant';
   end if;
-  if v_invoice ->> 'price_id' is not null and not exists (
-       select 1 from public.plans where stripe_price_id = v_invoice ->> 'price_id') then
-    perform tally.reject(format('unknown price %s: no plan has it', v_invoice ->> 'price_id'));
+  select * into v_lines from tally.invoice_lines(v_invoice);
+  if cardinality(v_lines.plan_prices) > 1 then
+    perform tally.reject(format('two catalog plans on one invoice: %s',
+                                array_to_string(v_lines.plan_prices, ', ')));
+  end if;
+  v_is_upgrade := v_reason = 'subscription_update' and v_lines.proration_lines is not null;
+  if v_lines.plan_line is null and v_lines.proration_lines is null
+     and v_lines.unknown_price is not null then
+    perform tally.reject(format('unknown price %s: no plan has it', v_lines.unknown_price));
+  end if;
+  if v_is_paid and v_lines.plan_line is null and not v_is_upgrade then
+    perform tally.reject(format(
+      'paid invoice %s has no plan line (billing_reason %s, %s line(s) read): nothing to grant it for',
+      v_invoice_id, coalesce(v_reason, 'none'), v_lines.line_count));
   end if;
   perform tally.observe(row(
     v_subscription_id, p_event ->> 'id', p_user_id, 'invoice', tally.to_time(p_event -> 'created'),
     v_invoice ->> 'customer_id', null, null, null, null, null, null,
-    v_invoice ->> 'price_id', v_period_start, tally.to_time(v_invoice -> 'period_end'),
-    v_is_paid, v_invoice ->> 'billing_reason', v_invoice ->> 'charge_id',
-    v_invoice ->> 'payment_intent_id',
-    coalesce(tally.to_time(v_invoice -> 'created'), tally.to_time(p_event -> 'created'))
+    v_lines.plan_line ->> 'price_id', tally.to_time(v_lines.plan_line -> 'period_start'),
+    tally.to_time(v_lines.plan_line -> 'period_end'), v_is_paid, v_reason
   )::tally.subscription_observations);
 
   if not v_is_paid then
     v_note := 'payment not completed: no credits';
-  elsif v_invoice ->> 'price_id' is null or v_period_start is null
-        or v_invoice ->> 'period_end' is null then
-    v_note := 'no subscription line with a whole period: no period to grant';
   else
-    insert into tally.paid_periods (subscription_id, period_start, period_end, user_id,
-                                    invoice_id, stripe_event_id)
-    values (v_subscription_id, v_period_start,
-            tally.to_time(v_invoice -> 'period_end'), p_user_id, v_invoice ->> 'id',
-            p_event ->> 'id')
-    on conflict do nothing;
-    v_is_new_period := found;
-    if not tally.is_period_eligible(v_subscription_id, v_period_start) then
-      v_note := 'the subscription ended before this period: no grant';
-    elsif not v_is_new_period then
-      v_note := 'period already granted';
+    perform tally.record_invoice_payment('payment_intent:' || (v_invoice ->> 'payment_intent_id'),
+                                         v_invoice_id);
+    perform tally.record_invoice_payment('charge:' || (v_invoice ->> 'charge_id'), v_invoice_id);
+    if v_lines.plan_line is not null then
+      if not tally.record_paid_period(p_event, p_user_id, v_lines.plan_line, v_created) then
+        v_note := 'period already granted';
+      end if;
+      if not tally.is_period_eligible(v_subscription_id,
+                                      tally.to_time(v_lines.plan_line -> 'period_start')) then
+        v_note := 'the subscription ended before this period: no grant';
+      end if;
     end if;
-    perform tally.settle_plan_period(p_user_id);
+    if v_is_upgrade then
+      perform tally.record_proration_invoice(p_event, p_user_id, v_lines.proration_lines,
+                                             v_created);
+    elsif v_lines.proration_lines is not null then
+      v_note := concat_ws('; ', v_note,
+                          'its proration lines are billed with the renewal: they add nothing to the past period');
+    end if;
+    perform tally.place_prorations(v_subscription_id);
+    perform tally.wake('invoice:' || v_invoice_id);
+    perform tally.review_second_subscription(p_user_id, v_subscription_id, p_event ->> 'id');
   end if;
+  perform tally.settle_plan(p_user_id, row(p_event ->> 'id', v_invoice_id,
+    case when v_is_upgrade then format('upgrade paid by invoice %s', v_invoice_id) end
+  )::tally.plan_context);
   perform tally.refresh_subscription_summary(p_user_id);
   return v_note;
 end;
 $$;
 
-revoke all on function tally.apply_invoice(jsonb,uuid)
-  from public, anon, authenticated;
+revoke all on function tally.apply_invoice(jsonb, uuid) from public, anon, authenticated;
+
+-- The previous state an update left, as observations keep it: status,
+-- cancel_at_period_end, and the plan's price and period where they changed.
+create function tally.previous_state(p_previous jsonb, p_item jsonb) returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_result jsonb := '{}'::jsonb;
+  v_before jsonb;
+  v_key text;
+begin
+  if p_previous is null or jsonb_typeof(p_previous) <> 'object' then
+    return null;
+  end if;
+  if jsonb_typeof(p_previous -> 'status') = 'string' then
+    v_result := v_result || jsonb_build_object('status', p_previous -> 'status');
+  end if;
+  if jsonb_typeof(p_previous -> 'cancel_at_period_end') = 'boolean' then
+    v_result := v_result || jsonb_build_object('cancel_at_period_end',
+                                               p_previous -> 'cancel_at_period_end');
+  end if;
+  if jsonb_typeof(p_previous -> 'items') = 'array' then
+    v_before := coalesce(tally.plan_item(p_previous -> 'items', false), '{}'::jsonb);
+    foreach v_key in array array['price_id', 'current_period_start', 'current_period_end'] loop
+      if (v_before -> v_key) is distinct from (p_item -> v_key)
+         and jsonb_typeof(v_before -> v_key) is distinct from 'null' and v_before ? v_key then
+        v_result := v_result || jsonb_build_object(v_key, v_before -> v_key);
+      end if;
+    end loop;
+  end if;
+  return nullif(v_result, '{}'::jsonb);
+end;
+$$;
+
+revoke all on function tally.previous_state(jsonb, jsonb) from public, anon, authenticated;
 
 -- customer.subscription.created / updated / deleted.
 create function tally.apply_subscription(p_event jsonb, p_user_id uuid) returns text
@@ -557,27 +874,28 @@ set search_path = ''
 as $$
 declare
   v_subscription jsonb := p_event -> 'subscription';
+  v_item jsonb := tally.plan_item(v_subscription -> 'items', true);
+  v_period jsonb := coalesce(v_item, v_subscription -> 'items' -> 0, '{}'::jsonb);
+  v_previous jsonb := tally.previous_state(v_subscription -> 'previous', v_item);
 begin
-  if v_subscription ->> 'price_id' is not null and not exists (
-       select 1 from public.plans where stripe_price_id = v_subscription ->> 'price_id') then
-    perform tally.reject(format('unknown price %s: no plan has it',
-                                v_subscription ->> 'price_id'));
-  end if;
   perform tally.observe(row(
     v_subscription ->> 'id', p_event ->> 'id', p_user_id, 'subscription',
     tally.to_time(p_event -> 'created'), v_subscription ->> 'customer_id',
-    v_subscription ->> 'status', v_subscription -> 'previous',
+    v_subscription ->> 'status', v_previous,
     (v_subscription ->> 'cancel_at_period_end')::boolean,
     tally.to_time(v_subscription -> 'canceled_at'), tally.to_time(v_subscription -> 'ended_at'),
-    tally.to_time(v_subscription -> 'created'), v_subscription ->> 'price_id',
-    tally.to_time(v_subscription -> 'current_period_start'),
-    tally.to_time(v_subscription -> 'current_period_end'), null, null, null, null, null
+    tally.to_time(v_subscription -> 'created'), v_item ->> 'price_id',
+    tally.to_time(v_period -> 'current_period_start'),
+    tally.to_time(v_period -> 'current_period_end'), null, null
   )::tally.subscription_observations);
-  perform tally.settle_plan_period(p_user_id);
+  perform tally.settle_plan(p_user_id, row(
+    p_event ->> 'id', v_subscription ->> 'id',
+    case when v_previous ? 'price_id'
+         then format('plan changed to %s', tally.plan_name_of(v_item ->> 'price_id')) end
+  )::tally.plan_context);
   perform tally.refresh_subscription_summary(p_user_id);
   return null;
 end;
 $$;
 
-revoke all on function tally.apply_subscription(jsonb,uuid)
-  from public, anon, authenticated;
+revoke all on function tally.apply_subscription(jsonb, uuid) from public, anon, authenticated;

@@ -1,8 +1,11 @@
 -- public.apply_stripe_event: the one RPC the sidecar calls. In one
--- transaction it records the event id (the idempotency key), resolves the
--- user, applies the effect through the handler of the event's kind, and
--- stores the outcome: applied, parked (no user yet) or rejected (with its
--- reason; re-applied by retry_rejected_stripe_events once fixed).
+-- transaction it records the event id (the idempotency key) with the raw
+-- payload, checks the typed event, resolves the user, applies the effect
+-- through the handler of the event's kind, and stores the outcome:
+-- applied, parked (waiting for a customer link or for what a payment paid
+-- for) or rejected (with its reason). Nothing signed is refused: an event
+-- the sidecar or the database cannot read is stored as rejected, and an
+-- operator re-applies it after the fix.
 
 create function tally.is_handled_type(p_type text) returns boolean
 language sql
@@ -13,7 +16,7 @@ as $$
     'checkout.session.async_payment_failed', 'invoice.paid', 'invoice.payment_failed',
     'customer.subscription.created', 'customer.subscription.updated',
     'customer.subscription.deleted', 'charge.refunded', 'charge.dispute.created',
-    'charge.dispute.closed');
+    'charge.dispute.closed', 'invoice_payment.paid');
 $$;
 
 revoke all on function tally.is_handled_type(text) from public, anon, authenticated;
@@ -36,77 +39,128 @@ $$;
 
 revoke all on function tally.dispatch_event(jsonb, uuid) from public, anon, authenticated;
 
--- Store the link an event states outright (a user hint naming an existing
--- user, and a customer), whatever else is wrong with the event.
-create function tally.link_named_customer(p_event jsonb, p_customer_id text) returns void
+-- Every key an event may park on or wake, sorted: they are locked in this
+-- order before any account, so concurrent events never deadlock on them.
+create function tally.event_lock_keys(p_event jsonb) returns text[]
+language sql
+immutable
+as $$
+  select coalesce(array_agg(distinct k order by k), '{}')
+    from unnest(array[
+      'customer:' || tally.event_customer_id(p_event),
+      'payment_intent:' || tally.event_payment_intent_id(p_event),
+      'payment_intent:' || (p_event -> 'invoice' ->> 'payment_intent_id'),
+      'charge:' || tally.event_charge_id(p_event),
+      'charge:' || (p_event -> 'invoice' ->> 'charge_id'),
+      'charge:' || (p_event -> 'invoice_payment' ->> 'charge_id'),
+      'invoice:' || (p_event -> 'invoice' ->> 'id'),
+      'invoice:' || (p_event -> 'charge' ->> 'invoice_id'),
+      'invoice:' || (p_event -> 'invoice_payment' ->> 'invoice_id')]) as k
+   where k is not null;
+$$;
+
+revoke all on function tally.event_lock_keys(jsonb) from public, anon, authenticated;
+
+-- Link the customer of an applied event to its user, when the product made
+-- the object (see tally.is_product_made); never from a rejected event.
+create function tally.link_event_customer(p_event jsonb, p_user_id uuid) returns void
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_hint text := tally.user_hint(p_event);
+  v_customer_id text := tally.event_customer_id(p_event);
 begin
-  if p_customer_id is null
-     or v_hint !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-     or not exists (select 1 from auth.users u where u.id = v_hint::uuid) then
-    return;
+  if v_customer_id is not null and tally.is_product_made(p_event)
+     and tally.user_hint(p_event) = p_user_id::text then
+    perform tally.link_customer(v_customer_id, p_user_id, 'event');
   end if;
-  perform tally.open_account(v_hint::uuid);
-  perform tally.link_customer(p_customer_id, v_hint::uuid, 'event');
 end;
 $$;
 
-revoke all on function tally.link_named_customer(jsonb, text) from public, anon, authenticated;
+revoke all on function tally.link_event_customer(jsonb, uuid) from public, anon, authenticated;
+
+-- Apply what a stored event says, or raise TL001 (reject) / TL002 (park).
+create function tally.apply_payload(p_event jsonb) returns table (user_id uuid, note text)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  -- The raw payload is stored apart (an object: checked on receipt).
+  v_problem text := tally.typed_event_problem(p_event || '{"raw": {}}'::jsonb);
+  v_user_id uuid;
+begin
+  if v_problem is not null then
+    perform tally.reject('the typed event is malformed: ' || v_problem);
+  end if;
+  -- What the sidecar could not read, or must not apply (another livemode).
+  if p_event ->> 'problem' is not null then
+    perform tally.reject(p_event ->> 'problem');
+  end if;
+  if p_event ? 'invoice_payment' then
+    return query select null::uuid, tally.apply_invoice_payment(p_event);
+    return;
+  end if;
+  v_user_id := tally.resolve_user(p_event);
+  if v_user_id is null then
+    perform tally.park(tally.user_wait_key(p_event),
+                       format('no user yet: applied once %s is linked to a user',
+                              coalesce('customer ' || tally.event_customer_id(p_event),
+                                       'the purchase of payment '
+                                       || coalesce(tally.event_payment_intent_id(p_event),
+                                                   tally.event_charge_id(p_event)))));
+  end if;
+  perform tally.open_account(v_user_id);
+  perform tally.lock_account(v_user_id);
+  return query select v_user_id, tally.dispatch_event(p_event, v_user_id);
+  perform tally.link_event_customer(p_event, v_user_id);
+end;
+$$;
+
+revoke all on function tally.apply_payload(jsonb) from public, anon, authenticated;
 
 -- Apply (or re-apply) a stored event and record its outcome. Used on first
--- receipt, when a parked event's link appears, and when an operator retries
--- rejected events.
--- Locks in a fixed order: customer, payment intent, then the account.
+-- receipt, when what a parked event waited for appears, and when an
+-- operator retries rejected events. A data error inside a handler (a value
+-- it cannot use) rejects the event rather than refusing it: Stripe's
+-- retries could never fix it, and it must not be lost.
 create function tally.process_event(p_event_id text) returns jsonb
 language plpgsql
 set search_path = ''
 as $$
 declare
   v_stored tally.stripe_events;
-  v_outer_event_id text := current_setting('tally.event_id', true);
+  v_key text;
   v_user_id uuid;
-  v_outcome text;
+  v_outcome text := 'applied';
   v_reason text;
+  v_waiting_on text;
 begin
   select * into v_stored from tally.stripe_events where event_id = p_event_id for update;
-  perform set_config('tally.event_id', p_event_id, true);
-  -- Fixed order: customer, then payment intent, then the account.
-  if v_stored.customer_id is not null then
-    perform tally.lock_customer(v_stored.customer_id);
-  end if;
-  if v_stored.payment_intent_id is not null then
-    perform tally.lock_payment_intent(v_stored.payment_intent_id);
-  end if;
+  foreach v_key in array tally.event_lock_keys(v_stored.payload) loop
+    perform tally.lock_key(v_key);
+  end loop;
   begin
-    v_user_id := tally.resolve_user(v_stored.payload);
-    if v_user_id is null then
+    select a.user_id, a.note into v_user_id, v_reason from tally.apply_payload(v_stored.payload) a;
+  exception
+    when sqlstate 'TL001' then
+      v_outcome := 'rejected';
+      v_reason := sqlerrm;
+    when sqlstate 'TL002' then
       v_outcome := 'parked';
-      v_reason := format('no user yet: applied when customer %s is linked to a user',
-                         coalesce(v_stored.customer_id, v_stored.payment_intent_id, 'unknown'));
-    else
-      perform tally.open_account(v_user_id);
-      perform tally.lock_account(v_user_id);
-      v_reason := tally.dispatch_event(v_stored.payload, v_user_id);
-      v_outcome := 'applied';
-      perform tally.link_named_customer(v_stored.payload, v_stored.customer_id);
-    end if;
-  exception when sqlstate 'TL001' then
-    -- The user stays recorded when it was resolved before the rejection.
-    v_outcome := 'rejected';
-    v_reason := sqlerrm;
-    perform tally.link_named_customer(v_stored.payload, v_stored.customer_id);
+      v_reason := sqlerrm;
+      get stacked diagnostics v_waiting_on = pg_exception_detail;
+    when data_exception or integrity_constraint_violation then
+      v_outcome := 'rejected';
+      v_reason := format('the database could not apply it (%s): %s', sqlstate, sqlerrm);
   end;
   update tally.stripe_events
      set outcome = v_outcome,
          reason = v_reason,
-         user_id = v_user_id,
+         user_id = coalesce(v_user_id, user_id),
+         waiting_on = v_waiting_on,
+         is_ready = false,
          applied_at = case when v_outcome = 'applied' then now() end
    where event_id = p_event_id;
-  perform set_config('tally.event_id', coalesce(v_outer_event_id, ''), true);
   return jsonb_build_object('status', v_outcome, 'event_id', p_event_id, 'reason', v_reason,
                             'user_id', v_user_id);
 end;
@@ -114,28 +168,48 @@ $$;
 
 revoke all on function tally.process_event(text) from public, anon, authenticated;
 
+-- Stripe's created, when the event carries a readable one.
+create function tally.readable_time(p_value jsonb) returns timestamptz
+language sql
+immutable
+as $$
+  select case when jsonb_typeof(p_value) = 'number'
+                   and (p_value #>> '{}')::numeric between 0 and 253402300799
+              then to_timestamp((p_value #>> '{}')::numeric) end;
+$$;
+
+revoke all on function tally.readable_time(jsonb) from public, anon, authenticated;
+
 create function public.apply_stripe_event(event jsonb) returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
 declare
   v_event_id text := event ->> 'id';
   v_type text := event ->> 'type';
   v_duplicate_of text;
 begin
-  if jsonb_typeof(event) is distinct from 'object' then
-    raise exception using errcode = '22023', message = 'invalid typed event: not a JSON object';
+  if jsonb_typeof(event) is distinct from 'object'
+     or jsonb_typeof(event -> 'id') is distinct from 'string'
+     or length(v_event_id) not between 1 and 1000
+     or jsonb_typeof(event -> 'type') is distinct from 'string'
+     or jsonb_typeof(event -> 'raw') is distinct from 'object' then
+    raise exception using errcode = '22023',
+      message = 'invalid typed event: it needs an id, a type and the raw Stripe event',
+      hint = 'apply_stripe_event takes the typed event of schema/typed_event.schema.json';
   end if;
-  if jsonb_typeof(event -> 'type') = 'string' and not tally.is_handled_type(v_type) then
+  if not tally.is_handled_type(v_type) then
     return jsonb_build_object('status', 'ignored', 'event_id', v_event_id, 'type', v_type);
   end if;
-  perform tally.validate_typed_event(event);
 
   insert into tally.stripe_events (event_id, type, stripe_created_at, livemode, api_version,
                                    layout, customer_id, payment_intent_id, outcome, payload, raw)
-  values (v_event_id, v_type, tally.to_time(event -> 'created'),
-          (event ->> 'livemode')::boolean, event ->> 'api_version', event ->> 'layout',
+  values (v_event_id, v_type, tally.readable_time(event -> 'created'),
+          case when jsonb_typeof(event -> 'livemode') = 'boolean'
+               then (event ->> 'livemode')::boolean end,
+          left(event ->> 'api_version', 64), left(event ->> 'layout', 16),
           tally.event_customer_id(event), tally.event_payment_intent_id(event), 'processing',
           event - 'raw', event -> 'raw')
   on conflict (event_id) do nothing;
@@ -154,12 +228,44 @@ comment on function public.apply_stripe_event(jsonb) is
 revoke all on function public.apply_stripe_event(jsonb) from public, anon, authenticated;
 grant execute on function public.apply_stripe_event(jsonb) to service_role;
 
--- Re-apply rejected events (all, or one) after the operator fixed the cause.
+-- Re-apply a rejected event with a new reading of it: after a fix of the
+-- sidecar's normaliser, `tally ops retry` reads the stored raw payload again
+-- and hands the new typed event here (same id, same raw payload).
+create function public.reapply_stripe_event(event jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+set lock_timeout = '5s'
+as $$
+declare
+  v_event_id text := event ->> 'id';
+begin
+  update tally.stripe_events e
+     set payload = event - 'raw', attempts = e.attempts + 1
+   where e.event_id = v_event_id and e.outcome = 'rejected'
+     and e.raw = event -> 'raw';
+  if not found then
+    raise exception using errcode = 'PT404',
+      message = format('no rejected event %s with this raw payload', v_event_id);
+  end if;
+  return tally.process_event(v_event_id);
+end;
+$$;
+
+comment on function public.reapply_stripe_event(jsonb) is
+  'Re-apply a rejected event with a new typed reading of its stored raw payload.';
+
+revoke all on function public.reapply_stripe_event(jsonb) from public, anon, authenticated;
+grant execute on function public.reapply_stripe_event(jsonb) to service_role;
+
+-- Re-apply rejected events (all, or one) as stored, after the operator
+-- fixed what the database needed (a price added to the catalog, a user).
 create function public.retry_rejected_stripe_events(event_id text default null)
 returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
 declare
   v_event_id text;
@@ -188,3 +294,41 @@ $$;
 
 revoke all on function public.retry_rejected_stripe_events(text) from public, anon, authenticated;
 grant execute on function public.retry_rejected_stripe_events(text) to service_role;
+
+-- Apply parked events whose wait is over (their customer linked, their
+-- payment known) that the transaction which woke them left for later:
+-- at most max_events, oldest first, in this call's own transaction. The
+-- sidecar calls it until it returns 0.
+create function public.apply_ready_stripe_events(max_events integer default 100)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+set lock_timeout = '5s'
+as $$
+declare
+  v_event_id text;
+  v_count integer := 0;
+begin
+  if max_events is null or max_events not between 1 and 1000 then
+    raise exception using errcode = '22023', message = 'max_events must be 1 to 1000';
+  end if;
+  for v_event_id in
+    select e.event_id from tally.stripe_events e
+     where e.outcome = 'parked' and e.is_ready
+     order by e.stripe_created_at, e.event_id
+     limit max_events
+     for update skip locked
+  loop
+    perform tally.process_event(v_event_id);
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end;
+$$;
+
+comment on function public.apply_ready_stripe_events(integer) is
+  'Apply up to max_events parked events whose wait is over; returns how many.';
+
+revoke all on function public.apply_ready_stripe_events(integer) from public, anon, authenticated;
+grant execute on function public.apply_ready_stripe_events(integer) to service_role;

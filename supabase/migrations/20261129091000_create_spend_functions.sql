@@ -1,12 +1,14 @@
--- Spending and operator adjustments. Each call is one transaction that locks
--- the user's account row, so concurrent spends on one account serialise: no
--- lost update, no negative balance, and a short balance raises PT402
--- (PostgREST answers HTTP 402) with nothing spent. Idempotency keys make a
--- retried call return its first result.
+-- Spending, holds and operator adjustments. Each call is one transaction
+-- that locks the user's account row, so concurrent calls on one account
+-- serialise: no lost update, no negative balance, no overbooked hold. A
+-- spend or hold larger than the available credits (balance less live
+-- holds) raises PT402 (PostgREST answers HTTP 402) and changes nothing.
+-- Idempotency keys belong to their user: repeating a call with the same
+-- user and key returns its first result and changes nothing.
 
 create table tally.spends (
-  idempotency_key text primary key,
   user_id uuid not null,
+  idempotency_key text not null,
   amount integer not null check (amount > 0),
   from_plan integer,
   from_addon integer,
@@ -18,24 +20,22 @@ create table tally.spends (
   result jsonb,
   spent_at timestamptz not null default now(),
   reversed_at timestamptz,
-  reversal_result jsonb
+  reversal_result jsonb,
+  primary key (user_id, idempotency_key)
 );
-
-create index spends_user_id_idx on tally.spends (user_id);
 
 alter table tally.spends enable row level security;
 revoke all on table tally.spends from public, anon, authenticated;
 
 create table tally.adjustments (
-  idempotency_key text primary key,
   user_id uuid not null,
+  idempotency_key text not null,
   amount integer not null check (amount <> 0),
   reason text not null,
   result jsonb,
-  adjusted_at timestamptz not null default now()
+  adjusted_at timestamptz not null default now(),
+  primary key (user_id, idempotency_key)
 );
-
-create index adjustments_user_id_idx on tally.adjustments (user_id);
 
 alter table tally.adjustments enable row level security;
 revoke all on table tally.adjustments from public, anon, authenticated;
@@ -55,6 +55,20 @@ $$;
 
 revoke all on function tally.require_key(text) from public, anon, authenticated;
 
+create function tally.require_user(p_user_id uuid) returns void
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  if p_user_id is null then
+    raise exception using errcode = '22023', message = 'user_id is required';
+  end if;
+end;
+$$;
+
+revoke all on function tally.require_user(uuid) from public, anon, authenticated;
+
 -- Lock the account of a user or raise PT404 (PostgREST answers HTTP 404).
 create function tally.lock_existing_account(p_user_id uuid) returns tally.accounts
 language plpgsql
@@ -63,9 +77,7 @@ as $$
 declare
   v_account tally.accounts;
 begin
-  if p_user_id is null then
-    raise exception using errcode = '22023', message = 'user_id is required';
-  end if;
+  perform tally.require_user(p_user_id);
   v_account := tally.lock_account(p_user_id);
   if v_account.user_id is null then
     raise exception using errcode = 'PT404', message = format('unknown user %s', p_user_id),
@@ -77,29 +89,41 @@ $$;
 
 revoke all on function tally.lock_existing_account(uuid) from public, anon, authenticated;
 
-create function tally.raise_insufficient(p_account tally.accounts, p_amount integer)
+-- Credits a spend or a new hold may use: the balance less live holds.
+create function tally.available_credits(p_account tally.accounts) returns integer
+language sql
+stable
+as $$
+  select p_account.plan_credits + p_account.addon_credits
+         - least(tally.held_credits(p_account.user_id),
+                 p_account.plan_credits + p_account.addon_credits);
+$$;
+
+revoke all on function tally.available_credits(tally.accounts) from public, anon, authenticated;
+
+create function tally.raise_insufficient(p_account tally.accounts, p_amount integer,
+                                         p_available integer)
 returns void
 language plpgsql
 set search_path = ''
 as $$
 begin
   raise exception using errcode = 'PT402',
-    message = format('insufficient credits: %s requested, %s available', p_amount,
-                     p_account.plan_credits + p_account.addon_credits),
-    detail = format('user %s has %s plan and %s add-on credits', p_account.user_id,
-                    p_account.plan_credits, p_account.addon_credits);
+    message = format('insufficient credits: %s requested, %s available', p_amount, p_available),
+    detail = format('user %s has %s plan and %s add-on credits, %s of them held',
+                    p_account.user_id, p_account.plan_credits, p_account.addon_credits,
+                    p_account.plan_credits + p_account.addon_credits - p_available);
 end;
 $$;
 
-revoke all on function tally.raise_insufficient(tally.accounts, integer)
+revoke all on function tally.raise_insufficient(tally.accounts, integer, integer)
   from public, anon, authenticated;
 
 -- Take credits the way a spend does: plan credits first, then add-on
--- credits, all or nothing (PT402 when short); the plan part counts against
--- the period. The caller holds the account lock.
+-- credits; the plan part counts against the period. The caller holds the
+-- account lock and has checked that they are available.
 create function tally.draw_credits(
-  p_account tally.accounts, p_amount integer, p_kind text, p_business_key text,
-  p_spend_key text, p_reason text
+  p_account tally.accounts, p_amount integer, p_kind text, p_cause tally.entry_cause
 ) returns tally.ledger_entries
 language plpgsql
 set search_path = ''
@@ -107,31 +131,31 @@ as $$
 declare
   v_from_plan integer := least(p_account.plan_credits, p_amount);
 begin
-  if p_account.plan_credits + p_account.addon_credits < p_amount then
-    perform tally.raise_insufficient(p_account, p_amount);
-  end if;
   return tally.post_entry(p_account.user_id, p_kind, -v_from_plan, v_from_plan - p_amount,
-                          p_business_key => p_business_key, p_spend_key => p_spend_key,
-                          p_reason => p_reason, p_plan_spent_delta => v_from_plan);
+                          p_cause, p_plan_spent_delta => v_from_plan);
 end;
 $$;
 
-revoke all on function tally.draw_credits(tally.accounts, integer, text, text, text, text)
+revoke all on function tally.draw_credits(tally.accounts, integer, text, tally.entry_cause)
   from public, anon, authenticated;
 
-create function tally.balance_result(p_entry tally.ledger_entries) returns jsonb
+-- The balance parts a call returns.
+create function tally.balance_result(p_user_id uuid) returns jsonb
 language sql
-immutable
+stable
 as $$
   select jsonb_build_object(
-    'user_id', p_entry.user_id,
-    'plan_credits', p_entry.plan_after,
-    'addon_credits', p_entry.addon_after,
-    'total_credits', p_entry.plan_after + p_entry.addon_after,
-    'ledger_entry_id', p_entry.id);
+    'user_id', b.user_id,
+    'plan_credits', b.plan_credits,
+    'addon_credits', b.addon_credits,
+    'total_credits', b.total_credits,
+    'held_credits', b.held_credits,
+    'available_credits', b.available_credits)
+    from public.credit_balances b
+   where b.user_id = p_user_id;
 $$;
 
-revoke all on function tally.balance_result(tally.ledger_entries) from public, anon, authenticated;
+revoke all on function tally.balance_result(uuid) from public, anon, authenticated;
 
 create function public.spend_credits(
   user_id uuid, amount integer, idempotency_key text, reason text default null
@@ -139,6 +163,7 @@ create function public.spend_credits(
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
 declare
   v_user_id uuid := spend_credits.user_id;
@@ -146,7 +171,7 @@ declare
   v_key text := spend_credits.idempotency_key;
   v_first tally.spends;
   v_account tally.accounts;
-  v_from_plan integer;
+  v_available integer;
   v_entry tally.ledger_entries;
   v_result jsonb;
 begin
@@ -155,18 +180,17 @@ begin
       message = format('amount must be a positive whole number of credits, got %s', v_amount);
   end if;
   perform tally.require_key(v_key);
-  if v_user_id is null then
-    raise exception using errcode = '22023', message = 'user_id is required';
-  end if;
+  perform tally.require_user(v_user_id);
 
   -- Claim the key first: a concurrent call with the same key waits here and
   -- then returns this call's result.
-  insert into tally.spends (idempotency_key, user_id, amount, reason)
-  values (v_key, v_user_id, v_amount, spend_credits.reason)
+  insert into tally.spends (user_id, idempotency_key, amount, reason)
+  values (v_user_id, v_key, v_amount, spend_credits.reason)
   on conflict do nothing;
   if not found then
-    select * into v_first from tally.spends s where s.idempotency_key = v_key;
-    if v_first.user_id <> v_user_id or v_first.amount <> v_amount then
+    select * into v_first from tally.spends s
+     where s.user_id = v_user_id and s.idempotency_key = v_key;
+    if v_first.amount <> v_amount then
       raise exception using errcode = '23505',
         message = format('idempotency key %s was already used for another spend', v_key);
     end if;
@@ -174,24 +198,30 @@ begin
   end if;
 
   v_account := tally.lock_existing_account(v_user_id);
-  v_entry := tally.draw_credits(v_account, v_amount, 'spend', null, v_key, spend_credits.reason);
-  v_from_plan := -v_entry.plan_delta;
-  v_result := tally.balance_result(v_entry) || jsonb_build_object(
-    'idempotency_key', v_key, 'amount', v_amount,
-    'from_plan', v_from_plan, 'from_addon', v_amount - v_from_plan, 'replayed', false);
+  v_available := tally.available_credits(v_account);
+  if v_available < v_amount then
+    perform tally.raise_insufficient(v_account, v_amount, v_available);
+  end if;
+  v_entry := tally.draw_credits(v_account, v_amount, 'spend', tally.cause(
+    coalesce(format('Spent %s credits: %s', v_amount, spend_credits.reason),
+             format('Spent %s credits', v_amount)),
+    p_spend_key => v_key, p_reason => spend_credits.reason));
+  v_result := tally.balance_result(v_user_id) || jsonb_build_object(
+    'idempotency_key', v_key, 'amount', v_amount, 'ledger_entry_id', v_entry.id,
+    'from_plan', -v_entry.plan_delta, 'from_addon', -v_entry.addon_delta, 'replayed', false);
   update tally.spends s
-     set from_plan = v_from_plan,
-         from_addon = v_amount - v_from_plan,
+     set from_plan = -v_entry.plan_delta,
+         from_addon = -v_entry.addon_delta,
          period_subscription_id = v_account.period_subscription_id,
          period_start = v_account.period_start,
          result = v_result
-   where s.idempotency_key = v_key;
+   where s.user_id = v_user_id and s.idempotency_key = v_key;
   return v_result;
 end;
 $$;
 
 comment on function public.spend_credits(uuid, integer, text, text) is
-  'Spend credits (plan first, then add-on), all or nothing; PT402 when short; idempotent by key.';
+  'Spend credits (plan first, then add-on), all or nothing; PT402 when short; idempotent per user and key.';
 
 revoke all on function public.spend_credits(uuid, integer, text, text)
   from public, anon, authenticated;
@@ -200,13 +230,16 @@ grant execute on function public.spend_credits(uuid, integer, text, text) to ser
 -- Give a spend back to the parts it came from, once. Plan credits come back
 -- only within the same plan period; add-on credits first pay what earlier
 -- clawbacks could not take.
-create function public.reverse_spend(idempotency_key text, reason text default null)
+create function public.reverse_spend(user_id uuid, idempotency_key text,
+                                     reason text default null)
 returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
 declare
+  v_user_id uuid := reverse_spend.user_id;
   v_key text := reverse_spend.idempotency_key;
   v_spend tally.spends;
   v_account tally.accounts;
@@ -216,50 +249,53 @@ declare
   v_entry tally.ledger_entries;
   v_result jsonb;
 begin
+  perform tally.require_user(v_user_id);
   perform tally.require_key(v_key);
-  select * into v_spend from tally.spends s where s.idempotency_key = v_key for update;
-  if not found then
+  v_account := tally.lock_existing_account(v_user_id);
+  select * into v_spend from tally.spends s
+   where s.user_id = v_user_id and s.idempotency_key = v_key
+   for update;
+  if not found or v_spend.result is null then
     raise exception using errcode = 'PT404',
-      message = format('no spend with idempotency key %s', v_key);
+      message = format('no spend of user %s with idempotency key %s', v_user_id, v_key);
   end if;
   if v_spend.reversed_at is not null then
     return v_spend.reversal_result || jsonb_build_object('replayed', true);
   end if;
 
-  v_account := tally.lock_existing_account(v_spend.user_id);
   -- Plan credits come back only to the period they were spent in; after a
   -- reset that allowance is gone, as it would be had they not been spent.
   if v_account.period_subscription_id is not distinct from v_spend.period_subscription_id
      and v_account.period_start is not distinct from v_spend.period_start then
     v_spent_back := least(v_spend.from_plan, v_account.plan_spent);
-    v_plan_back := greatest(0, v_account.plan_allowance - (v_account.plan_spent - v_spent_back))
+    v_plan_back := greatest(0, v_account.plan_allowance - v_account.plan_refunded
+                               - v_account.plan_disputed
+                               - (v_account.plan_spent - v_spent_back))
                    - v_account.plan_credits;
   end if;
-  v_debt_paid := least(v_spend.from_addon, v_account.addon_debt);
-  update tally.accounts set addon_debt = addon_debt - v_debt_paid
-   where user_id = v_spend.user_id;
+  v_debt_paid := tally.pay_addon_debts(v_user_id, v_spend.from_addon);
   v_entry := tally.post_entry(
-    v_spend.user_id, 'spend_reversal', v_plan_back, v_spend.from_addon - v_debt_paid,
-    p_spend_key => v_key,
-    p_reason => concat_ws('; ', coalesce(reverse_spend.reason, v_spend.reason),
-                          case when v_debt_paid > 0
-                               then format('%s add-on credits kept for earlier clawbacks',
-                                           v_debt_paid) end),
+    v_user_id, 'spend_reversal', v_plan_back, v_spend.from_addon - v_debt_paid,
+    tally.cause(
+      concat_ws('; ', format('Spend of %s credits given back', v_spend.amount),
+                case when v_debt_paid > 0
+                     then format('%s add-on credits kept for earlier clawbacks', v_debt_paid) end),
+      p_spend_key => v_key, p_reason => coalesce(reverse_spend.reason, v_spend.reason)),
     p_plan_spent_delta => -v_spent_back);
-  v_result := tally.balance_result(v_entry) || jsonb_build_object(
-    'idempotency_key', v_key, 'plan_returned', v_plan_back,
+  v_result := tally.balance_result(v_user_id) || jsonb_build_object(
+    'idempotency_key', v_key, 'ledger_entry_id', v_entry.id, 'plan_returned', v_plan_back,
     'addon_returned', v_spend.from_addon - v_debt_paid, 'replayed', false);
   update tally.spends s set reversed_at = now(), reversal_result = v_result
-   where s.idempotency_key = v_key;
+   where s.user_id = v_user_id and s.idempotency_key = v_key;
   return v_result;
 end;
 $$;
 
-comment on function public.reverse_spend(text, text) is
+comment on function public.reverse_spend(uuid, text, text) is
   'Give a spend back to the parts it came from (plan credits only within the same period), once.';
 
-revoke all on function public.reverse_spend(text, text) from public, anon, authenticated;
-grant execute on function public.reverse_spend(text, text) to service_role;
+revoke all on function public.reverse_spend(uuid, text, text) from public, anon, authenticated;
+grant execute on function public.reverse_spend(uuid, text, text) to service_role;
 
 create function public.adjust_credits(
   user_id uuid, amount integer, reason text, idempotency_key text
@@ -267,6 +303,7 @@ create function public.adjust_credits(
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
 declare
   v_user_id uuid := adjust_credits.user_id;
@@ -274,7 +311,9 @@ declare
   v_key text := adjust_credits.idempotency_key;
   v_first tally.adjustments;
   v_account tally.accounts;
+  v_available integer;
   v_entry tally.ledger_entries;
+  v_cause tally.entry_cause;
   v_result jsonb;
 begin
   if v_amount is null or v_amount = 0 then
@@ -284,16 +323,15 @@ begin
     raise exception using errcode = '22023', message = 'a written reason is required';
   end if;
   perform tally.require_key(v_key);
-  if v_user_id is null then
-    raise exception using errcode = '22023', message = 'user_id is required';
-  end if;
+  perform tally.require_user(v_user_id);
 
-  insert into tally.adjustments (idempotency_key, user_id, amount, reason)
-  values (v_key, v_user_id, v_amount, adjust_credits.reason)
+  insert into tally.adjustments (user_id, idempotency_key, amount, reason)
+  values (v_user_id, v_key, v_amount, adjust_credits.reason)
   on conflict do nothing;
   if not found then
-    select * into v_first from tally.adjustments a where a.idempotency_key = v_key;
-    if v_first.user_id <> v_user_id or v_first.amount <> v_amount then
+    select * into v_first from tally.adjustments a
+     where a.user_id = v_user_id and a.idempotency_key = v_key;
+    if v_first.amount <> v_amount then
       raise exception using errcode = '23505',
         message = format('idempotency key %s was already used for another adjustment', v_key);
     end if;
@@ -301,18 +339,26 @@ begin
   end if;
 
   v_account := tally.lock_existing_account(v_user_id);
+  v_cause := tally.cause(
+    format('Adjusted by the operator: %s%s credits (%s)',
+           case when v_amount > 0 then '+' else '' end, v_amount, adjust_credits.reason),
+    p_spend_key => v_key, p_business_key => 'adjustment:' || v_key,
+    p_reason => adjust_credits.reason);
   if v_amount < 0 then
     -- A removal is taken like a spend, so it also counts against the period.
-    v_entry := tally.draw_credits(v_account, -v_amount, 'adjustment', 'adjustment:' || v_key,
-                                  null, adjust_credits.reason);
+    v_available := tally.available_credits(v_account);
+    if v_available < -v_amount then
+      perform tally.raise_insufficient(v_account, -v_amount, v_available);
+    end if;
+    v_entry := tally.draw_credits(v_account, -v_amount, 'adjustment', v_cause);
   else
-    v_entry := tally.post_entry(v_user_id, 'adjustment', 0, v_amount,
-                                p_business_key => 'adjustment:' || v_key,
-                                p_reason => adjust_credits.reason);
+    v_entry := tally.post_entry(v_user_id, 'adjustment', 0, v_amount, v_cause);
   end if;
-  v_result := tally.balance_result(v_entry) || jsonb_build_object(
-    'idempotency_key', v_key, 'amount', v_amount, 'replayed', false);
-  update tally.adjustments a set result = v_result where a.idempotency_key = v_key;
+  v_result := tally.balance_result(v_user_id) || jsonb_build_object(
+    'idempotency_key', v_key, 'amount', v_amount, 'ledger_entry_id', v_entry.id,
+    'replayed', false);
+  update tally.adjustments a set result = v_result
+   where a.user_id = v_user_id and a.idempotency_key = v_key;
   return v_result;
 end;
 $$;

@@ -23,7 +23,7 @@ begin
     raise exception using errcode = 'PT404',
       message = format('unknown user %s', link_stripe_customer.user_id);
   end if;
-  perform tally.lock_customer(link_stripe_customer.customer_id);
+  perform tally.lock_key('customer:' || link_stripe_customer.customer_id);
   select c.user_id into v_linked_user_id from tally.customers c
    where c.customer_id = link_stripe_customer.customer_id;
   if v_linked_user_id is not null and v_linked_user_id <> link_stripe_customer.user_id then

@@ -1,29 +1,25 @@
-"""Builders of typed Stripe events, the shape `public.apply_stripe_event` takes.
+"""Typed Stripe events for tests, built the one way the product builds them.
 
-The shape is defined once, in `schema/typed_event.schema.json`; every builder
-here returns a dict that validates against it (`validate_typed_event`), with a
-`raw` Stripe event (basil or legacy layout) coherent with the typed fields, as
-the sidecar would produce after normalising a webhook.
-
-Use from SQL-level tests, chaos tests and benchmarks:
+Every builder makes a complete Stripe event in Stripe's own payload layout
+(basil or legacy) with the builders of `tally/stripe_events.py`, then turns
+it into the typed event `public.apply_stripe_event` takes with the sidecar's
+real normaliser (`sidecar.events`). So SQL-level tests, chaos tests and
+benchmarks feed the database exactly what the sidecar would.
 
     from tests.support import typed_events as te
 
     buyer = te.Buyer.new(user_id)                      # a user with a Stripe customer
     sub = buyer.subscription("starter")                # ids of one subscription
     apply(sub.invoice_paid(period=0))                  # pays period 0 (starter)
-    apply(sub.updated(period=0, plan="pro", previous_plan="starter", created=te.at(0, 60)))
+    for event in sub.upgrade(period=0, plan="pro", at=te.at(0, te.PERIOD // 2)):
+        apply(event)                                   # subscription updated, proration paid
     pack = buyer.pack_purchase("pack_500")             # ids of one Checkout Session
     apply(pack.completed())
     apply(pack.refunded(amount_refunded=pack.amount // 2))
 
-Every builder takes keyword arguments only; `event_id` defaults to a fresh
-`evt_...` id and `created` to `at(0)`. Pass `created` explicitly whenever the
-order of Stripe's clock matters (subscription state, plan of a period).
-Lower-level builders (`checkout_session_event`, `invoice_event`,
-`subscription_event`, `charge_refunded`, `dispute_event`) take every typed
-field, so any combination (including nonsense ones for chaos tests) can be
-built; `envelope` wraps an arbitrary object.
+Builders take keyword arguments only; `event_id` defaults to a fresh
+`evt_...` id and `created` to `at(0)`. Pass `created` explicitly whenever
+the order of Stripe's clock matters.
 """
 
 from __future__ import annotations
@@ -39,8 +35,11 @@ from typing import Any
 
 import jsonschema
 
+from sidecar import events
+from tally import stripe_events as se
 from tally.paths import ROOT
 
+JSON = dict[str, Any]
 SCHEMA_PATH = ROOT / "schema" / "typed_event.schema.json"
 
 # Stripe's clock for scenarios: period n covers [at(n), at(n + 1)).
@@ -48,8 +47,8 @@ T0 = 1_780_000_000
 DAY = 86_400
 PERIOD = 30 * DAY
 
-BASIL_API_VERSION = "2025-03-31.basil"
-LEGACY_API_VERSION = "2025-02-24.acacia"
+BASIL_API_VERSION = se.BASIL_API_VERSION
+LEGACY_API_VERSION = se.LEGACY_API_VERSION
 
 # The seed catalog (supabase/seed.sql): key -> (Stripe price id, credits).
 PLANS: dict[str, tuple[str, int]] = {
@@ -72,21 +71,31 @@ OPEN_DISPUTE_STATUSES = (
     "under_review",
 )
 
+OBJECT_KEYS: dict[str, str] = {
+    "checkout.session.completed": "checkout_session",
+    "checkout.session.async_payment_succeeded": "checkout_session",
+    "checkout.session.async_payment_failed": "checkout_session",
+    "invoice.paid": "invoice",
+    "invoice.payment_failed": "invoice",
+    "customer.subscription.created": "subscription",
+    "customer.subscription.updated": "subscription",
+    "customer.subscription.deleted": "subscription",
+    "charge.refunded": "charge",
+    "charge.dispute.created": "dispute",
+    "charge.dispute.closed": "dispute",
+    "invoice_payment.paid": "invoice_payment",
+}
 
-# --- ids and time -----------------------------------------------------------
+
+# --- ids, time, catalog ---------------------------------------------------------
+
+_ID_ALPHABET = string.ascii_letters + string.digits
 
 
 def new_id(prefix: str) -> str:
-    """A fresh Stripe-looking id, unique per call.
-
-    Shaped like Stripe's: `cus_NffrFeUfNV2Hib`-style for most objects, and
-    `cs_test_...` for Checkout Sessions (the only ids that show the mode).
-    """
+    """A fresh Stripe-looking id, unique per call (`cs_test_...` for Checkout Sessions)."""
     body = "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
     return f"cs_test_{body}" if prefix == "cs" else f"{prefix}_{body}"
-
-
-_ID_ALPHABET = string.ascii_letters + string.digits
 
 
 def at(period: int, seconds: int = 0) -> int:
@@ -102,11 +111,27 @@ def pack_price(pack: str) -> str:
     return PACKS[pack][0]
 
 
-# --- schema -------------------------------------------------------------------
+PRICE_AMOUNTS: dict[str, int] = {
+    **{plan_price(k): v for k, v in PLAN_AMOUNTS.items()},
+    **{pack_price(k): v for k, v in PACK_AMOUNTS.items()},
+}
+
+
+def price_object(price_id: str, *, recurring: bool = True) -> JSON:
+    return se.price(
+        id=price_id,
+        unit_amount=PRICE_AMOUNTS.get(price_id, se.DEFAULT_AMOUNT),
+        product="prod_" + price_id.removeprefix("price_"),
+        created=T0 - 90 * DAY,
+        recurring=recurring,
+    )
+
+
+# --- schema -----------------------------------------------------------------------
 
 
 @cache
-def schema() -> dict[str, Any]:
+def schema() -> JSON:
     """The typed event JSON Schema (read once)."""
     return json.loads(SCHEMA_PATH.read_text())
 
@@ -116,92 +141,57 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema())
 
 
-def validate_typed_event(event: dict[str, Any]) -> None:
+def validate_typed_event(event: JSON) -> None:
     """Raise jsonschema.ValidationError unless `event` follows the schema."""
     _validator().validate(event)
 
 
-def is_valid_typed_event(event: dict[str, Any]) -> bool:
+def is_valid_typed_event(event: JSON) -> bool:
     return _validator().is_valid(event)
 
 
-OBJECT_KEYS: dict[str, str] = {
-    "checkout.session.completed": "checkout_session",
-    "checkout.session.async_payment_succeeded": "checkout_session",
-    "checkout.session.async_payment_failed": "checkout_session",
-    "invoice.paid": "invoice",
-    "invoice.payment_failed": "invoice",
-    "customer.subscription.created": "subscription",
-    "customer.subscription.updated": "subscription",
-    "customer.subscription.deleted": "subscription",
-    "charge.refunded": "charge",
-    "charge.dispute.created": "dispute",
-    "charge.dispute.closed": "dispute",
-}
+# --- from a Stripe event to the typed event ----------------------------------------
 
 
-# --- envelope ----------------------------------------------------------------
-
-
-def envelope(
+def stripe_event(
     event_type: str,
-    object_key: str | None,
-    typed_object: dict[str, Any] | None,
-    raw_object: dict[str, Any],
+    obj: JSON,
     *,
     event_id: str | None = None,
     created: int | None = None,
     layout: str = "basil",
-    previous_attributes: dict[str, Any] | None = None,
+    previous_attributes: JSON | None = None,
     livemode: bool = False,
-) -> dict[str, Any]:
-    """Wrap a typed object (and the Stripe object it came from) into a typed event."""
-    event_id = event_id or new_id("evt")
-    created = at(0) if created is None else created
-    api_version = BASIL_API_VERSION if layout == "basil" else LEGACY_API_VERSION
-    data: dict[str, Any] = {"object": raw_object}
-    if previous_attributes is not None:
-        data["previous_attributes"] = previous_attributes
-    event: dict[str, Any] = {
-        "schema_version": 1,
-        "id": event_id,
-        "type": event_type,
-        "created": created,
-        "livemode": livemode,
-        "api_version": api_version,
-        "layout": layout,
-        "raw": {
-            "id": event_id,
-            "object": "event",
-            "api_version": api_version,
-            "created": created,
-            "data": data,
-            "livemode": livemode,
-            "pending_webhooks": 1,
-            "request": {"id": None, "idempotency_key": None},
-            "type": event_type,
-        },
-    }
-    if object_key is not None and typed_object is not None:
-        event[object_key] = typed_object
-    return event
-
-
-def unhandled_event(
-    event_type: str = "customer.created", *, event_id: str | None = None
-) -> dict[str, Any]:
-    """An event of a type the engine does not handle (SPEC 3: acknowledged, ignored)."""
-    customer_id = new_id("cus")
-    return envelope(
-        event_type,
-        None,
-        None,
-        {"id": customer_id, "object": "customer", "metadata": {}},
-        event_id=event_id,
+) -> JSON:
+    """A Stripe event envelope around `obj`, rendered in `layout`."""
+    return se.event(
+        id=event_id or new_id("evt"),
+        type=event_type,
+        created=at(0) if created is None else created,
+        obj=obj,
+        api_version=BASIL_API_VERSION if layout == "basil" else LEGACY_API_VERSION,
+        previous_attributes=previous_attributes,
+        livemode=livemode,
     )
 
 
-# --- checkout sessions --------------------------------------------------------
+def typed(raw_event: JSON, *, lines: list[JSON] | None = None) -> JSON:
+    """The typed event the sidecar makes of a Stripe event (through JSON, as on the wire)."""
+    envelope = events.read_envelope(events.parse_body(se.encode(raw_event)))
+    return events.normalise(envelope, lines=lines)
+
+
+def unhandled_event(event_type: str = "customer.created", *, event_id: str | None = None) -> JSON:
+    """An event of a type the engine does not handle: acknowledged and ignored.
+
+    The sidecar never normalises these; this is the minimal typed shape
+    (id, type, raw) the database needs to answer "ignored".
+    """
+    raw = stripe_event(event_type, se.customer(id=new_id("cus"), created=at(0)), event_id=event_id)
+    return {"schema_version": 2, "id": raw["id"], "type": event_type, "raw": raw}
+
+
+# --- checkout sessions ----------------------------------------------------------------
 
 
 def checkout_session_event(
@@ -209,7 +199,7 @@ def checkout_session_event(
     event_type: str = "checkout.session.completed",
     session_id: str | None = None,
     mode: str = "payment",
-    status: str | None = "complete",
+    status: str = "complete",
     payment_status: str = "paid",
     customer_id: str | None = None,
     client_reference_id: str | None = None,
@@ -218,63 +208,64 @@ def checkout_session_event(
     subscription_id: str | None = None,
     payment_intent_id: str | None = None,
     amount_total: int | None = None,
-    currency: str | None = "usd",
     event_id: str | None = None,
     created: int | None = None,
     layout: str = "basil",
-) -> dict[str, Any]:
-    """Any `checkout.session.*` event, every typed field settable."""
-    session_id = session_id or new_id("cs")
-    typed = {
-        "id": session_id,
-        "mode": mode,
-        "status": status,
-        "payment_status": payment_status,
-        "customer_id": customer_id,
-        "client_reference_id": client_reference_id,
-        "metadata_user_id": metadata_user_id,
-        "metadata_price_id": metadata_price_id,
-        "subscription_id": subscription_id,
-        "payment_intent_id": payment_intent_id,
-        "amount_total": amount_total,
-        "currency": currency,
+) -> JSON:
+    """Any `checkout.session.*` event."""
+    metadata = {
+        key: value
+        for key, value in (("user_id", metadata_user_id), ("price_id", metadata_price_id))
+        if value is not None
     }
-    metadata = {}
-    if metadata_user_id is not None:
-        metadata["user_id"] = metadata_user_id
-    if metadata_price_id is not None:
-        metadata["price_id"] = metadata_price_id
-    raw = {
-        "id": session_id,
-        "object": "checkout.session",
-        "mode": mode,
-        "status": status,
-        "payment_status": payment_status,
-        "customer": customer_id,
-        "client_reference_id": client_reference_id,
-        "metadata": metadata,
-        "subscription": subscription_id,
-        "payment_intent": payment_intent_id,
-        "amount_total": amount_total,
-        "amount_subtotal": amount_total,
-        "currency": currency,
-        "livemode": False,
-        "created": (created or at(0)) - 30,
-        "success_url": "https://app.example.test/billing/success",
-        "cancel_url": "https://app.example.test/billing",
-    }
-    return envelope(
-        event_type,
-        "checkout_session",
-        typed,
-        raw,
-        event_id=event_id,
-        created=created,
-        layout=layout,
+    session = se.checkout_session(
+        id=session_id or new_id("cs"),
+        mode=mode,  # type: ignore[arg-type]
+        created=(at(0) if created is None else created) - 30,
+        payment_status=payment_status,  # type: ignore[arg-type]
+        status=status,  # type: ignore[arg-type]
+        customer=customer_id,
+        client_reference_id=client_reference_id,
+        metadata=metadata,
+        subscription=subscription_id,
+        payment_intent=payment_intent_id,
+        amount_total=amount_total,
     )
+    return typed(stripe_event(event_type, session, event_id=event_id, created=created,
+                              layout=layout))  # fmt: skip
 
 
-# --- invoices -------------------------------------------------------------------
+# --- invoices -------------------------------------------------------------------------
+
+
+def invoice_line(
+    *,
+    price_id: str,
+    period_start: int,
+    period_end: int,
+    subscription_id: str | None,
+    amount: int | None = None,
+    proration: bool = False,
+    credited_invoice: str | None = None,
+    layout: str = "basil",
+    parent_kind: str | None = None,
+) -> JSON:
+    """One Stripe invoice line (a plan line, or a proration line with `proration`)."""
+    price = price_object(price_id)
+    return se.invoice_line(
+        layout=layout,  # type: ignore[arg-type]
+        id=new_id("il"),
+        invoice="in_unknown",
+        price_obj=price,
+        amount=price["unit_amount"] if amount is None else amount,
+        period_start=period_start,
+        period_end=period_end,
+        subscription=subscription_id or "",
+        subscription_item=new_id("si"),
+        proration=proration,
+        credited_invoice=credited_invoice,
+        parent_kind=parent_kind,  # type: ignore[arg-type]
+    )
 
 
 def invoice_event(
@@ -284,127 +275,68 @@ def invoice_event(
     customer_id: str | None = None,
     subscription_id: str | None = None,
     status: str = "paid",
-    billing_reason: str | None = "subscription_cycle",
-    amount_paid: int = 900,
-    amount_due: int = 900,
-    currency: str | None = "usd",
+    billing_reason: str = "subscription_cycle",
+    amount_paid: int | None = None,
     subscription_metadata_user_id: str | None = None,
     price_id: str | None = None,
     period_start: int | None = None,
     period_end: int | None = None,
+    lines: list[JSON] | None = None,
     charge_id: str | None = None,
     payment_intent_id: str | None = None,
     event_id: str | None = None,
     created: int | None = None,
     invoice_created: int | None = None,
     layout: str = "basil",
-) -> dict[str, Any]:
-    """Any `invoice.*` event, every typed field settable.
+    embedded_lines: int | None = None,
+) -> JSON:
+    """Any `invoice.*` event.
 
-    `charge_id` and `payment_intent_id` exist on legacy invoices only; the
-    builder forces them to null for the basil layout, as the sidecar does.
-    `invoice_created` (when the invoice was billed) defaults to the period
-    start, as for Stripe's renewal invoices, else to the event's `created`.
+    Its lines: `lines` (Stripe lines, see `invoice_line`), or one plan line
+    for `price_id` over [`period_start`, `period_end`). `charge_id` and
+    `payment_intent_id` exist on legacy invoices only. `invoice_created`
+    (when the invoice was billed) defaults to the period start, as for
+    Stripe's renewal invoices, else to the event's `created`. With
+    `embedded_lines` only that many lines are in the event (`has_more`);
+    the typed event then has all of them, as the sidecar fetches the rest.
     """
     invoice_id = invoice_id or new_id("in")
-    if layout == "basil":
-        charge_id = payment_intent_id = None
+    if lines is None:
+        lines = []
+        if price_id is not None:
+            assert period_start is not None and period_end is not None
+            lines.append(invoice_line(price_id=price_id, period_start=period_start,
+                                      period_end=period_end, subscription_id=subscription_id,
+                                      layout=layout))  # fmt: skip
+    for line in lines:
+        line["invoice"] = invoice_id
     if invoice_created is None:
         invoice_created = period_start if period_start is not None else created
-    typed = {
-        "id": invoice_id,
-        "created": invoice_created,
-        "customer_id": customer_id,
-        "subscription_id": subscription_id,
-        "status": status,
-        "billing_reason": billing_reason,
-        "amount_paid": amount_paid,
-        "amount_due": amount_due,
-        "currency": currency,
-        "subscription_metadata_user_id": subscription_metadata_user_id,
-        "price_id": price_id,
-        "period_start": period_start,
-        "period_end": period_end,
-        "charge_id": charge_id,
-        "payment_intent_id": payment_intent_id,
-    }
-    raw = _raw_invoice(typed, layout)
-    return envelope(
-        event_type, "invoice", typed, raw, event_id=event_id, created=created, layout=layout
+    obj = se.invoice(
+        layout=layout,  # type: ignore[arg-type]
+        id=invoice_id,
+        customer=customer_id or new_id("cus"),
+        subscription=subscription_id,
+        subscription_metadata=(
+            {"user_id": subscription_metadata_user_id} if subscription_metadata_user_id else {}
+        ),
+        lines=lines,
+        status=status,  # type: ignore[arg-type]
+        created=at(0) if invoice_created is None else invoice_created,
+        billing_reason=billing_reason,
+        charge=charge_id,
+        payment_intent=payment_intent_id,
+        embedded_lines=embedded_lines,
     )
+    if customer_id is None:
+        obj["customer"] = None
+    if amount_paid is not None:
+        obj["amount_paid"] = amount_paid
+    raw = stripe_event(event_type, obj, event_id=event_id, created=created, layout=layout)
+    return typed(raw, lines=lines if embedded_lines is not None else None)
 
 
-def _raw_invoice(typed: dict[str, Any], layout: str) -> dict[str, Any]:
-    sub_metadata = (
-        {"user_id": typed["subscription_metadata_user_id"]}
-        if typed["subscription_metadata_user_id"]
-        else {}
-    )
-    lines = []
-    if typed["price_id"] is not None:
-        period = {"start": typed["period_start"], "end": typed["period_end"]}
-        if layout == "basil":
-            line = {
-                "object": "line_item",
-                "id": new_id("il"),
-                "amount": typed["amount_due"],
-                "period": period,
-                "pricing": {"type": "price_details", "price_details": {"price": typed["price_id"]}},
-                "parent": {
-                    "type": "subscription_item_details",
-                    "subscription_item_details": {
-                        "proration": False,
-                        "subscription": typed["subscription_id"],
-                    },
-                },
-            }
-        else:
-            line = {
-                "object": "line_item",
-                "id": new_id("il"),
-                "amount": typed["amount_due"],
-                "period": period,
-                "price": {"id": typed["price_id"], "object": "price"},
-                "proration": False,
-                "subscription": typed["subscription_id"],
-                "type": "subscription",
-            }
-        lines.append(line)
-    raw: dict[str, Any] = {
-        "id": typed["id"],
-        "object": "invoice",
-        "created": typed["created"],
-        "customer": typed["customer_id"],
-        "status": typed["status"],
-        "billing_reason": typed["billing_reason"],
-        "amount_paid": typed["amount_paid"],
-        "amount_due": typed["amount_due"],
-        "currency": typed["currency"],
-        "lines": {"object": "list", "data": lines, "has_more": False},
-        "livemode": False,
-    }
-    if layout == "basil":
-        raw["parent"] = (
-            {
-                "type": "subscription_details",
-                "subscription_details": {
-                    "subscription": typed["subscription_id"],
-                    "metadata": sub_metadata,
-                },
-            }
-            if typed["subscription_id"]
-            else None
-        )
-    else:
-        raw["subscription"] = typed["subscription_id"]
-        raw["subscription_details"] = {"metadata": sub_metadata}
-        raw["charge"] = typed["charge_id"]
-        raw["payment_intent"] = typed["payment_intent_id"]
-        raw["paid"] = typed["status"] == "paid"
-    return raw
-
-
-# --- subscriptions --------------------------------------------------------------
+# --- subscriptions ----------------------------------------------------------------------
 
 
 def subscription_event(
@@ -414,88 +346,88 @@ def subscription_event(
     customer_id: str | None = None,
     status: str = "active",
     subscription_created: int | None = None,
-    price_id: str | None = None,
+    price_id: str = PLANS["starter"][0],
     current_period_start: int | None = None,
     current_period_end: int | None = None,
     cancel_at_period_end: bool = False,
     canceled_at: int | None = None,
     ended_at: int | None = None,
     metadata_user_id: str | None = None,
-    previous: dict[str, Any] | None = None,
+    previous: JSON | None = None,
+    leading_prices: tuple[str, ...] = (),
     event_id: str | None = None,
     created: int | None = None,
     layout: str = "basil",
-) -> dict[str, Any]:
-    """Any `customer.subscription.*` event, every typed field settable."""
+) -> JSON:
+    """Any `customer.subscription.*` event.
+
+    `previous` names what the update changed, as tally reads
+    `data.previous_attributes`: `status`, `cancel_at_period_end`,
+    `price_id`, `current_period_start`, `current_period_end`; it is rendered
+    the way Stripe renders it in `layout` (a changed price or period repeats
+    the whole items list).
+    """
     subscription_id = subscription_id or new_id("sub")
-    typed = {
-        "id": subscription_id,
-        "customer_id": customer_id,
-        "status": status,
-        "created": subscription_created,
-        "price_id": price_id,
-        "current_period_start": current_period_start,
-        "current_period_end": current_period_end,
-        "cancel_at_period_end": cancel_at_period_end,
-        "canceled_at": canceled_at,
-        "ended_at": ended_at,
-        "metadata_user_id": metadata_user_id,
-        "previous": previous,
-    }
-    item: dict[str, Any] = {
-        "object": "subscription_item",
-        "id": new_id("si"),
-        "price": {"id": price_id, "object": "price"},
-        "quantity": 1,
-    }
-    raw: dict[str, Any] = {
-        "id": subscription_id,
-        "object": "subscription",
-        "customer": customer_id,
-        "status": status,
-        "created": subscription_created,
-        "cancel_at_period_end": cancel_at_period_end,
-        "canceled_at": canceled_at,
-        "ended_at": ended_at,
-        "metadata": {"user_id": metadata_user_id} if metadata_user_id else {},
-        "items": {"object": "list", "data": [item], "has_more": False},
-        "livemode": False,
-    }
-    period = {
-        "current_period_start": current_period_start,
-        "current_period_end": current_period_end,
-    }
-    if layout == "basil":
-        item.update(period)
-    else:
-        raw.update(period)
-    return envelope(
-        event_type,
-        "subscription",
-        typed,
-        raw,
-        event_id=event_id,
-        created=created,
-        layout=layout,
-        previous_attributes=_previous_attributes(previous, layout),
-    )
+    start = at(0) if current_period_start is None else current_period_start
+    end = start + PERIOD if current_period_end is None else current_period_end
+    item_id = f"si_{subscription_id[4:]}"
+
+    def render(price: str, period_start: int, period_end: int, status_: str) -> JSON:
+        return se.subscription(
+            layout=layout,  # type: ignore[arg-type]
+            id=subscription_id,
+            customer=customer_id or "",
+            status=status_,
+            created=at(0) if subscription_created is None else subscription_created,
+            item_id=item_id,
+            price_obj=price_object(price),
+            item_created=at(0),
+            current_period_start=period_start,
+            current_period_end=period_end,
+            metadata={"user_id": metadata_user_id} if metadata_user_id else {},
+            cancel_at_period_end=cancel_at_period_end,
+            canceled_at=canceled_at,
+            ended_at=ended_at,
+            leading_prices=tuple(price_object(p, recurring=True) for p in leading_prices),
+        )
+
+    obj = render(price_id, start, end, status)
+    if customer_id is None:
+        obj["customer"] = None
+    attributes = _previous_attributes(previous, layout, render, price_id, start, end, status)
+    raw = stripe_event(event_type, obj, event_id=event_id, created=created, layout=layout,
+                       previous_attributes=attributes)  # fmt: skip
+    return typed(raw)
 
 
-def _previous_attributes(previous: dict[str, Any] | None, layout: str) -> dict[str, Any] | None:
+def _previous_attributes(
+    previous: JSON | None, layout: str, render: Any, price: str, start: int, end: int, status: str
+) -> JSON | None:
     if not previous:
         return None
-    attributes: dict[str, Any] = {}
-    for key, value in previous.items():
-        if key == "price_id":
-            attributes["items"] = {"data": [{"price": {"id": value}}]}
-        elif key.startswith("current_period") and layout == "basil":
-            attributes.setdefault("items", {"data": [{}]})["data"][0][key] = value
-        else:
-            attributes[key] = value
+    attributes: JSON = {}
+    for key in ("status", "cancel_at_period_end"):
+        if key in previous:
+            attributes[key] = previous[key]
+    item_keys = {"price_id", "current_period_start", "current_period_end"}
+    if item_keys & previous.keys():
+        old = render(
+            previous.get("price_id", price),
+            previous.get("current_period_start", start),
+            previous.get("current_period_end", end),
+            previous.get("status", status),
+        )
+        attributes["items"] = old["items"]
+        if layout == "legacy":
+            if "price_id" in previous:
+                attributes["plan"] = old["plan"]
+            for key in ("current_period_start", "current_period_end"):
+                if key in previous:
+                    attributes[key] = previous[key]
     return attributes
 
 
-# --- charges and disputes -------------------------------------------------------
+# --- charges, disputes, invoice payments --------------------------------------------------
 
 
 def charge_refunded(
@@ -507,45 +439,29 @@ def charge_refunded(
     metadata_user_id: str | None = None,
     amount: int = 500,
     amount_refunded: int = 500,
-    currency: str | None = "usd",
     event_id: str | None = None,
     created: int | None = None,
     layout: str = "basil",
-) -> dict[str, Any]:
-    """A `charge.refunded` event; `amount_refunded` is cumulative, as on Stripe."""
-    charge_id = charge_id or new_id("ch")
-    if layout == "basil":
-        invoice_id = None
-    typed = {
-        "id": charge_id,
-        "customer_id": customer_id,
-        "payment_intent_id": payment_intent_id,
-        "invoice_id": invoice_id,
-        "metadata_user_id": metadata_user_id,
-        "amount": amount,
-        "amount_refunded": amount_refunded,
-        "currency": currency,
-    }
-    raw: dict[str, Any] = {
-        "id": charge_id,
-        "object": "charge",
-        "customer": customer_id,
-        "payment_intent": payment_intent_id,
-        "metadata": {"user_id": metadata_user_id} if metadata_user_id else {},
-        "amount": amount,
-        "amount_captured": amount,
-        "amount_refunded": amount_refunded,
-        "refunded": amount_refunded >= amount,
-        "currency": currency,
-        "paid": True,
-        "status": "succeeded",
-        "livemode": False,
-    }
-    if layout == "legacy":
-        raw["invoice"] = invoice_id
-    return envelope(
-        "charge.refunded", "charge", typed, raw, event_id=event_id, created=created, layout=layout
+) -> JSON:
+    """A `charge.refunded` event; `amount_refunded` is cumulative, as on Stripe.
+
+    `invoice_id` is rendered in the legacy layout only (basil charges do not
+    name their invoice).
+    """
+    obj = se.charge(
+        layout=layout,  # type: ignore[arg-type]
+        id=charge_id or new_id("ch"),
+        amount=amount,
+        created=at(0) if created is None else created,
+        customer=customer_id,
+        payment_intent=payment_intent_id,
+        amount_refunded=amount_refunded,
+        invoice=invoice_id,
+        metadata={"user_id": metadata_user_id} if metadata_user_id else {},
     )
+    return typed(stripe_event("charge.refunded", obj, event_id=event_id, created=created,
+                              layout=layout,
+                              previous_attributes={"amount_refunded": 0}))  # fmt: skip
 
 
 def dispute_event(
@@ -555,42 +471,48 @@ def dispute_event(
     charge_id: str | None = None,
     payment_intent_id: str | None = None,
     amount: int = 500,
-    currency: str | None = "usd",
     status: str = "needs_response",
-    reason: str | None = "fraudulent",
+    reason: str = "fraudulent",
     event_id: str | None = None,
     created: int | None = None,
     layout: str = "basil",
-) -> dict[str, Any]:
+) -> JSON:
     """A `charge.dispute.created` / `charge.dispute.closed` event."""
-    dispute_id = dispute_id or new_id("dp")
-    typed = {
-        "id": dispute_id,
-        "charge_id": charge_id,
-        "payment_intent_id": payment_intent_id,
-        "amount": amount,
-        "currency": currency,
-        "status": status,
-        "reason": reason,
-    }
-    raw = {
-        "id": dispute_id,
-        "object": "dispute",
-        "charge": charge_id,
-        "payment_intent": payment_intent_id,
-        "amount": amount,
-        "currency": currency,
-        "status": status,
-        "reason": reason,
-        "livemode": False,
-        "metadata": {},
-    }
-    return envelope(
-        event_type, "dispute", typed, raw, event_id=event_id, created=created, layout=layout
+    obj = se.dispute(
+        id=dispute_id or new_id("dp"),
+        charge=charge_id or new_id("ch"),
+        payment_intent=payment_intent_id,
+        amount=amount,
+        status=status,
+        created=at(0) if created is None else created,
+        reason=reason,
     )
+    return typed(stripe_event(event_type, obj, event_id=event_id, created=created,
+                              layout=layout))  # fmt: skip
 
 
-# --- coherent scenarios -----------------------------------------------------------
+def invoice_payment_paid(
+    *,
+    invoice_id: str,
+    payment_intent_id: str | None,
+    charge_id: str | None = None,
+    amount_paid: int = 900,
+    event_id: str | None = None,
+    created: int | None = None,
+) -> JSON:
+    """An `invoice_payment.paid` event (basil and later): which payment paid an invoice."""
+    obj = se.invoice_payment(
+        id=new_id("inpay"),
+        invoice=invoice_id,
+        payment_intent=payment_intent_id,
+        charge=charge_id,
+        amount_paid=amount_paid,
+        created=at(0) if created is None else created,
+    )
+    return typed(stripe_event("invoice_payment.paid", obj, event_id=event_id, created=created))
+
+
+# --- coherent scenarios ------------------------------------------------------------------
 
 
 @dataclass
@@ -619,8 +541,8 @@ class PackPurchase:
         event_type: str = "checkout.session.completed",
         payment_status: str = "paid",
         **overrides: Any,
-    ) -> dict[str, Any]:
-        fields: dict[str, Any] = {
+    ) -> JSON:
+        fields: JSON = {
             "event_type": event_type,
             "session_id": self.session_id,
             "mode": "payment",
@@ -636,21 +558,21 @@ class PackPurchase:
         fields.update(overrides)
         return checkout_session_event(**fields)
 
-    def completed(self, **overrides: Any) -> dict[str, Any]:
+    def completed(self, **overrides: Any) -> JSON:
         """checkout.session.completed, paid (pass payment_status="unpaid" for async methods)."""
         return self.session(**overrides)
 
-    def async_succeeded(self, **overrides: Any) -> dict[str, Any]:
+    def async_succeeded(self, **overrides: Any) -> JSON:
         return self.session(event_type="checkout.session.async_payment_succeeded", **overrides)
 
-    def async_failed(self, **overrides: Any) -> dict[str, Any]:
+    def async_failed(self, **overrides: Any) -> JSON:
         return self.session(
             event_type="checkout.session.async_payment_failed", payment_status="unpaid", **overrides
         )
 
-    def refunded(self, *, amount_refunded: int, **overrides: Any) -> dict[str, Any]:
+    def refunded(self, *, amount_refunded: int, **overrides: Any) -> JSON:
         """charge.refunded with the cumulative `amount_refunded` of this payment."""
-        fields: dict[str, Any] = {
+        fields: JSON = {
             "charge_id": self.charge_id,
             "customer_id": self.customer_id,
             "payment_intent_id": self.payment_intent_id,
@@ -662,15 +584,11 @@ class PackPurchase:
         return charge_refunded(**fields)
 
     def dispute(
-        self,
-        *,
-        dispute_id: str,
-        status: str = "needs_response",
-        closed: bool = False,
+        self, *, dispute_id: str, status: str = "needs_response", closed: bool = False,
         **overrides: Any,
-    ) -> dict[str, Any]:
+    ) -> JSON:  # fmt: skip
         """charge.dispute.created (or .closed when `closed`) for this payment."""
-        fields: dict[str, Any] = {
+        fields: JSON = {
             "event_type": "charge.dispute.closed" if closed else "charge.dispute.created",
             "dispute_id": dispute_id,
             "charge_id": self.charge_id,
@@ -684,6 +602,16 @@ class PackPurchase:
 
 
 @dataclass
+class Payment:
+    """The payment of one invoice: its ids, for refunds, disputes and invoice_payment.paid."""
+
+    invoice_id: str
+    amount: int
+    payment_intent_id: str = field(default_factory=lambda: new_id("pi"))
+    charge_id: str = field(default_factory=lambda: new_id("ch"))
+
+
+@dataclass
 class Subscription:
     """One Stripe subscription of one user; period n starts at `at(n)`."""
 
@@ -694,13 +622,15 @@ class Subscription:
     layout: str = "basil"
     # Whether events carry the user in metadata (the sidecar's sessions do).
     with_user_metadata: bool = True
+    # The payment of each paid invoice, by invoice id.
+    payments: dict[str, Payment] = field(default_factory=dict)
 
     def _user(self) -> str | None:
         return self.user_id if self.with_user_metadata else None
 
-    def checkout(self, **overrides: Any) -> dict[str, Any]:
+    def checkout(self, **overrides: Any) -> JSON:
         """checkout.session.completed in subscription mode (grants nothing by itself)."""
-        fields: dict[str, Any] = {
+        fields: JSON = {
             "mode": "subscription",
             "customer_id": self.customer_id,
             "client_reference_id": self.user_id,
@@ -714,25 +644,24 @@ class Subscription:
         fields.update(overrides)
         return checkout_session_event(**fields)
 
+    def _payment(self, invoice_id: str, amount: int) -> Payment:
+        if invoice_id not in self.payments:
+            self.payments[invoice_id] = Payment(invoice_id, amount)
+        return self.payments[invoice_id]
+
     def invoice(
-        self,
-        *,
-        period: int = 0,
-        plan: str | None = None,
-        paid: bool = True,
-        **overrides: Any,
-    ) -> dict[str, Any]:
+        self, *, period: int = 0, plan: str | None = None, paid: bool = True, **overrides: Any
+    ) -> JSON:
         """invoice.paid (or invoice.payment_failed when not `paid`) for period `period`."""
         plan = plan or self.plan
-        amount = PLAN_AMOUNTS[plan]
-        fields: dict[str, Any] = {
+        invoice_id = overrides.pop("invoice_id", None) or new_id("in")
+        fields: JSON = {
             "event_type": "invoice.paid" if paid else "invoice.payment_failed",
+            "invoice_id": invoice_id,
             "customer_id": self.customer_id,
             "subscription_id": self.subscription_id,
             "status": "paid" if paid else "open",
             "billing_reason": "subscription_create" if period == 0 else "subscription_cycle",
-            "amount_paid": amount if paid else 0,
-            "amount_due": amount,
             "subscription_metadata_user_id": self._user(),
             "price_id": plan_price(plan),
             "period_start": at(period),
@@ -740,17 +669,68 @@ class Subscription:
             "layout": self.layout,
             "created": at(period, 5),
         }
-        if self.layout == "legacy":
-            fields["charge_id"] = new_id("ch")
-            fields["payment_intent_id"] = new_id("pi")
+        if paid and self.layout == "legacy":
+            payment = self._payment(invoice_id, PLAN_AMOUNTS[plan])
+            fields["charge_id"] = payment.charge_id
+            fields["payment_intent_id"] = payment.payment_intent_id
         fields.update(overrides)
         return invoice_event(**fields)
 
-    def invoice_paid(self, *, period: int = 0, **overrides: Any) -> dict[str, Any]:
+    def invoice_paid(self, *, period: int = 0, **overrides: Any) -> JSON:
         return self.invoice(period=period, paid=True, **overrides)
 
-    def invoice_failed(self, *, period: int = 0, **overrides: Any) -> dict[str, Any]:
+    def invoice_failed(self, *, period: int = 0, **overrides: Any) -> JSON:
         return self.invoice(period=period, paid=False, **overrides)
+
+    def payment_of(self, invoice: JSON) -> Payment:
+        """The payment of a paid invoice event of this subscription."""
+        typed_invoice = invoice["invoice"]
+        return self._payment(typed_invoice["id"], typed_invoice["amount_paid"])
+
+    def invoice_payment(self, invoice: JSON, **overrides: Any) -> JSON:
+        """invoice_payment.paid joining the invoice's payment to it (basil and later)."""
+        payment = self.payment_of(invoice)
+        fields: JSON = {
+            "invoice_id": payment.invoice_id,
+            "payment_intent_id": payment.payment_intent_id,
+            "amount_paid": payment.amount,
+            "created": invoice["created"],
+        }
+        fields.update(overrides)
+        return invoice_payment_paid(**fields)
+
+    def refund(self, invoice: JSON, *, amount_refunded: int, **overrides: Any) -> JSON:
+        """charge.refunded of the payment of a paid invoice (cumulative amount)."""
+        payment = self.payment_of(invoice)
+        fields: JSON = {
+            "charge_id": payment.charge_id,
+            "customer_id": self.customer_id,
+            "payment_intent_id": payment.payment_intent_id,
+            "invoice_id": payment.invoice_id,
+            "amount": payment.amount,
+            "amount_refunded": amount_refunded,
+            "layout": self.layout,
+        }
+        fields.update(overrides)
+        return charge_refunded(**fields)
+
+    def dispute(
+        self, invoice: JSON, *, dispute_id: str, status: str = "needs_response",
+        closed: bool = False, amount: int | None = None, **overrides: Any,
+    ) -> JSON:  # fmt: skip
+        """charge.dispute.created (or .closed) of the payment of a paid invoice."""
+        payment = self.payment_of(invoice)
+        fields: JSON = {
+            "event_type": "charge.dispute.closed" if closed else "charge.dispute.created",
+            "dispute_id": dispute_id,
+            "charge_id": payment.charge_id,
+            "payment_intent_id": payment.payment_intent_id,
+            "amount": payment.amount if amount is None else amount,
+            "status": status,
+            "layout": self.layout,
+        }
+        fields.update(overrides)
+        return dispute_event(**fields)
 
     def state(
         self,
@@ -759,11 +739,11 @@ class Subscription:
         period: int = 0,
         plan: str | None = None,
         status: str = "active",
-        previous: dict[str, Any] | None = None,
+        previous: JSON | None = None,
         **overrides: Any,
-    ) -> dict[str, Any]:
+    ) -> JSON:
         """A customer.subscription.* event showing the subscription in period `period`."""
-        fields: dict[str, Any] = {
+        fields: JSON = {
             "event_type": event_type,
             "subscription_id": self.subscription_id,
             "customer_id": self.customer_id,
@@ -780,15 +760,15 @@ class Subscription:
         fields.update(overrides)
         return subscription_event(**fields)
 
-    def created(self, **overrides: Any) -> dict[str, Any]:
+    def created(self, **overrides: Any) -> JSON:
         return self.state(event_type="customer.subscription.created", **overrides)
 
-    def updated(self, **overrides: Any) -> dict[str, Any]:
+    def updated(self, **overrides: Any) -> JSON:
         return self.state(event_type="customer.subscription.updated", **overrides)
 
     def plan_changed(
         self, *, period: int, plan: str, previous_plan: str, created: int, **overrides: Any
-    ) -> dict[str, Any]:
+    ) -> JSON:
         """customer.subscription.updated moving to `plan` within period `period`."""
         return self.updated(
             period=period,
@@ -798,9 +778,67 @@ class Subscription:
             **overrides,
         )
 
-    def deleted(self, *, period: int, ended_at: int, **overrides: Any) -> dict[str, Any]:
+    def proration_invoice(
+        self,
+        *,
+        period: int,
+        from_plan: str,
+        to_plan: str,
+        at_time: int,
+        paid: bool = True,
+        billing_reason: str = "subscription_update",
+        **overrides: Any,
+    ) -> JSON:
+        """The invoice a plan change billed at once (`always_invoice`): two proration
+        lines over [at_time, end of period), the old plan's credited (negative)."""
+        end = at(period + 1)
+        share = (end - at_time) / PERIOD
+        credit = -round(PLAN_AMOUNTS[from_plan] * share)
+        debit = round(PLAN_AMOUNTS[to_plan] * share)
+        lines = [
+            invoice_line(price_id=plan_price(from_plan), period_start=at_time, period_end=end,
+                         subscription_id=self.subscription_id, amount=credit, proration=True,
+                         credited_invoice=new_id("in"), layout=self.layout),
+            invoice_line(price_id=plan_price(to_plan), period_start=at_time, period_end=end,
+                         subscription_id=self.subscription_id, amount=debit, proration=True,
+                         layout=self.layout),
+        ]  # fmt: skip
+        invoice_id = overrides.pop("invoice_id", None) or new_id("in")
+        fields: JSON = {
+            "event_type": "invoice.paid" if paid else "invoice.payment_failed",
+            "invoice_id": invoice_id,
+            "customer_id": self.customer_id,
+            "subscription_id": self.subscription_id,
+            "status": "paid" if paid else "open",
+            "billing_reason": billing_reason,
+            "subscription_metadata_user_id": self._user(),
+            "lines": lines,
+            "layout": self.layout,
+            "created": at_time,
+            "invoice_created": at_time,
+        }
+        if paid and self.layout == "legacy":
+            payment = self._payment(invoice_id, max(credit + debit, 0))
+            fields["charge_id"] = payment.charge_id
+            fields["payment_intent_id"] = payment.payment_intent_id
+        fields.update(overrides)
+        return invoice_event(**fields)
+
+    def upgrade(
+        self, *, period: int, plan: str, at_time: int, from_plan: str | None = None,
+        paid: bool = True,
+    ) -> list[JSON]:  # fmt: skip
+        """A change billed at once: the subscription update, then its proration invoice."""
+        from_plan = from_plan or self.plan
+        return [
+            self.plan_changed(period=period, plan=plan, previous_plan=from_plan, created=at_time),
+            self.proration_invoice(period=period, from_plan=from_plan, to_plan=plan,
+                                   at_time=at_time, paid=paid),
+        ]  # fmt: skip
+
+    def deleted(self, *, period: int, ended_at: int, **overrides: Any) -> JSON:
         """customer.subscription.deleted: the subscription ended at `ended_at`."""
-        fields: dict[str, Any] = {
+        fields: JSON = {
             "status": "canceled",
             "canceled_at": ended_at,
             "ended_at": ended_at,
@@ -838,7 +876,7 @@ class Buyer:
         )
 
 
-def with_event_id(event: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+def with_event_id(event: JSON, event_id: str | None = None) -> JSON:
     """The same change announced under another event id (Stripe does that)."""
     copied = copy.deepcopy(event)
     copied["id"] = copied["raw"]["id"] = event_id or new_id("evt")
