@@ -92,20 +92,22 @@ select a.user_id,
        a.plan_credits,
        a.addon_credits,
        a.plan_credits + a.addon_credits as total_credits,
-       held.credits as held_credits,
-       a.plan_credits + a.addon_credits - held.credits as available_credits,
+       (select least(coalesce(sum(h.amount), 0), a.plan_credits + a.addon_credits)::integer
+          from tally.holds h
+         where h.user_id = a.user_id and h.status = 'held' and h.expires_at > now())
+         as held_credits,
+       (select a.plan_credits + a.addon_credits
+               - least(coalesce(sum(h.amount), 0), a.plan_credits + a.addon_credits)::integer
+          from tally.holds h
+         where h.user_id = a.user_id and h.status = 'held' and h.expires_at > now())
+         as available_credits,
        a.plan_key,
        a.subscription_status,
        a.current_period_start,
        a.current_period_end,
        a.cancel_at_period_end,
        a.updated_at
-  from tally.accounts a
-  cross join lateral (
-    select least(coalesce(sum(h.amount), 0), a.plan_credits + a.addon_credits)::integer as credits
-      from tally.holds h
-     where h.user_id = a.user_id and h.status = 'held' and h.expires_at > now()
-  ) as held;
+  from tally.accounts a;
 
 comment on view public.credit_balances is
   'One row per user: plan and add-on credits, what live holds set aside, what is available, and their subscription. Each user sees only their own row.';

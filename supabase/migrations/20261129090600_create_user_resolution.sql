@@ -53,13 +53,17 @@ create function tally.is_product_made(p_event jsonb) returns boolean
 language sql
 immutable
 as $$
-  select coalesce(
-    (p_event -> 'checkout_session' ->> 'metadata_price_id') is not null
+  select case
+    when p_event ? 'checkout_session' then
+      (p_event -> 'checkout_session' ->> 'metadata_price_id') is not null
       and (p_event -> 'checkout_session' ->> 'client_reference_id')
-          = (p_event -> 'checkout_session' ->> 'metadata_user_id'),
-    (p_event -> 'subscription' ->> 'metadata_user_id') is not null,
-    (p_event -> 'invoice' ->> 'subscription_metadata_user_id') is not null,
-    false);
+          = (p_event -> 'checkout_session' ->> 'metadata_user_id')
+    when p_event ? 'subscription' then
+      (p_event -> 'subscription' ->> 'metadata_user_id') is not null
+    when p_event ? 'invoice' then
+      (p_event -> 'invoice' ->> 'subscription_metadata_user_id') is not null
+    else false
+  end;
 $$;
 
 revoke all on function tally.is_product_made(jsonb) from public, anon, authenticated;
@@ -126,7 +130,7 @@ begin
   end if;
   if v_invoice_id is null then
     select ip.invoice_id into v_invoice_id from tally.invoice_payments ip
-     where ip.payment_key in (p_payment_intent_id, p_charge_id)
+     where ip.payment_key in ('payment_intent:' || p_payment_intent_id, 'charge:' || p_charge_id)
      order by ip.payment_key
      limit 1;
   end if;

@@ -372,11 +372,27 @@ $$;
 
 revoke all on function tally.place_prorations(text) from public, anon, authenticated;
 
+-- The price a paid upgrade invoice moves to: its proration line that is
+-- not a credit.
+create function tally.upgrade_price(p_invoice tally.invoices) returns text
+language sql
+immutable
+as $$
+  select min(line ->> 'price_id')
+    from jsonb_array_elements(p_invoice.proration_lines) as line
+   where not (line ->> 'is_credit')::boolean;
+$$;
+
+revoke all on function tally.upgrade_price(tally.invoices) from public, anon, authenticated;
+
 -- A paid period's allowance, folded in Stripe time order: its invoice's
--- plan, plus each paid upgrade invoice placed in it (at the invoice's
--- created), lowered to the plan of each subscription event naming the
--- period (at the event's created). Within one second the upgrades come
--- first: a same-second upgrade and downgrade never add more than was paid.
+-- plan, plus what each paid upgrade invoice placed in it pays for (at the
+-- invoice's created), lowered to the plan of each subscription event
+-- naming the period (at the event's created). Within one second the events
+-- follow their chain of previous_attributes, as for the mirror, and an
+-- upgrade comes right after the change that moved to its plan; one whose
+-- change is not in that second comes first. Either way a same-second
+-- upgrade and downgrade never add more than was paid.
 create function tally.period_allowance(p_subscription_id text, p_period_start timestamptz)
 returns integer
 language plpgsql
@@ -386,7 +402,12 @@ as $$
 declare
   v_period tally.paid_periods;
   v_allowance integer;
-  v_step record;
+  v_second timestamptz;
+  v_pending tally.subscription_observations[];
+  v_upgrades tally.invoices[];
+  v_state tally.subscription_observations;
+  v_next tally.subscription_observations;
+  v_upgrade tally.invoices;
 begin
   select * into v_period from tally.paid_periods p
    where p.subscription_id = p_subscription_id and p.period_start = p_period_start;
@@ -394,24 +415,56 @@ begin
     return null;
   end if;
   v_allowance := coalesce(tally.plan_credits_of(v_period.price_id), 0);
-  for v_step in
-    select i.invoice_created_at as at, 0 as step, i.granted as credits, i.invoice_id as id
-      from tally.invoices i
+  for v_second in
+    select i.invoice_created_at from tally.invoices i
      where i.subscription_id = p_subscription_id and i.period_start = p_period_start
        and i.kind = 'proration' and i.granted is not null
-    union all
-    select o.observed_at, 1, tally.plan_credits_of(o.price_id), o.stripe_event_id
-      from tally.subscription_observations o
+    union
+    select o.observed_at from tally.subscription_observations o
      where o.subscription_id = p_subscription_id and o.current_period_start = p_period_start
        and o.source = 'subscription' and o.price_id is not null
        and o.observed_at >= v_period.invoice_created_at
-    order by 1, 2, 4
+    order by 1
   loop
-    if v_step.step = 0 then
-      v_allowance := v_allowance + v_step.credits;
-    elsif v_step.credits is not null then
-      v_allowance := least(v_allowance, v_step.credits);
-    end if;
+    v_pending := array(
+      select o from tally.subscription_observations o
+       where o.subscription_id = p_subscription_id and o.current_period_start = p_period_start
+         and o.source = 'subscription' and o.price_id is not null
+         and o.observed_at = v_second and o.observed_at >= v_period.invoice_created_at);
+    v_upgrades := array(
+      select i from tally.invoices i
+       where i.subscription_id = p_subscription_id and i.period_start = p_period_start
+         and i.kind = 'proration' and i.granted is not null and i.invoice_created_at = v_second
+       order by i.invoice_id);
+    -- Upgrades whose change is not among this second's events come first.
+    foreach v_upgrade in array v_upgrades loop
+      if not exists (select 1 from unnest(v_pending) o
+                      where o.price_id = tally.upgrade_price(v_upgrade)) then
+        v_allowance := v_allowance + v_upgrade.granted;
+        v_upgrades := array(select u from unnest(v_upgrades) u
+                             where u.invoice_id <> v_upgrade.invoice_id);
+      end if;
+    end loop;
+    while coalesce(cardinality(v_pending), 0) > 0 loop
+      v_next := tally.next_in_second(v_state, v_state.status, v_pending);
+      v_pending := array(select c from unnest(v_pending) as c
+                          where c.stripe_event_id <> v_next.stripe_event_id);
+      v_state := v_next;
+      v_allowance := least(v_allowance, coalesce(tally.plan_credits_of(v_next.price_id),
+                                                 v_allowance));
+      select u.* into v_upgrade from unnest(v_upgrades) u
+       where tally.upgrade_price(u) = v_next.price_id
+       order by u.invoice_id
+       limit 1;
+      if found then
+        v_allowance := v_allowance + v_upgrade.granted;
+        v_upgrades := array(select u from unnest(v_upgrades) u
+                             where u.invoice_id <> v_upgrade.invoice_id);
+      end if;
+    end loop;
+    foreach v_upgrade in array v_upgrades loop
+      v_allowance := v_allowance + v_upgrade.granted;
+    end loop;
   end loop;
   return v_allowance;
 end;
@@ -454,7 +507,9 @@ begin
                   p_business_key => format('%s:%s:%s', p_kind, v_account.period_subscription_id,
                                            extract(epoch from v_account.period_start)::bigint),
                   p_reason => p_context.why),
-      p_shortfall => greatest(0, v_taken_back - (p_account.plan_credits - v_target)));
+      p_shortfall => case when v_taken_back > 0
+                          then greatest(0, v_taken_back - greatest(0, p_account.plan_credits - v_target))
+                          else 0 end);
     select * into v_account from tally.accounts where user_id = p_account.user_id;
   end if;
   return v_account;

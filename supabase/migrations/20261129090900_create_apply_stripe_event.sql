@@ -118,6 +118,23 @@ $$;
 
 revoke all on function tally.apply_payload(jsonb) from public, anon, authenticated;
 
+-- The user a rejected event is about, where it says so without doubt: the
+-- operator sees whose event waits for a fix.
+create function tally.user_of_rejected(p_event jsonb) returns uuid
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return tally.resolve_user(p_event);
+exception
+  when sqlstate 'TL001' then
+    return null;
+end;
+$$;
+
+revoke all on function tally.user_of_rejected(jsonb) from public, anon, authenticated;
+
 -- Apply (or re-apply) a stored event and record its outcome. Used on first
 -- receipt, when what a parked event waited for appears, and when an
 -- operator retries rejected events. A data error inside a handler (a value
@@ -145,6 +162,7 @@ begin
     when sqlstate 'TL001' then
       v_outcome := 'rejected';
       v_reason := sqlerrm;
+      v_user_id := tally.user_of_rejected(v_stored.payload);
     when sqlstate 'TL002' then
       v_outcome := 'parked';
       v_reason := sqlerrm;

@@ -70,8 +70,28 @@ class Engine:
             (str(user_id), amount, key or f"spend-{uuid.uuid4()}", reason),
         )
 
-    def reverse(self, key: str, reason: str | None = None) -> dict[str, Any]:
-        return self.call("select public.reverse_spend(%s, %s) as result", (key, reason))
+    def reverse(self, user_id: Any, key: str, reason: str | None = None) -> dict[str, Any]:
+        return self.call(
+            "select public.reverse_spend(%s::uuid, %s, %s) as result", (str(user_id), key, reason)
+        )
+
+    def reserve(
+        self, user_id: Any, amount: int, key: str, ttl_seconds: int = 900
+    ) -> dict[str, Any]:
+        return self.call(
+            "select public.reserve_credits(%s::uuid, %s, %s, %s) as result",
+            (str(user_id), amount, key, ttl_seconds),
+        )
+
+    def commit(self, user_id: Any, key: str, amount: int | None = None) -> dict[str, Any]:
+        return self.call(
+            "select public.commit_hold(%s::uuid, %s, %s) as result", (str(user_id), key, amount)
+        )
+
+    def release(self, user_id: Any, key: str) -> dict[str, Any]:
+        return self.call(
+            "select public.release_hold(%s::uuid, %s) as result", (str(user_id), key)
+        )
 
     def adjust(
         self, user_id: Any, amount: int, reason: str | None = "test", key: str | None = None
@@ -176,5 +196,5 @@ def new_user(engine: Engine) -> uuid.UUID:
 
 @pytest.fixture
 def key() -> str:
-    """An idempotency key no other test uses (keys are global)."""
+    """An idempotency key no other test uses."""
     return f"key-{uuid.uuid4()}"

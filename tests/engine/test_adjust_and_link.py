@@ -42,12 +42,10 @@ def test_negative_adjustment_is_taken_plan_first(engine, user):
 
 def test_negative_adjustment_counts_as_spent_this_period(engine, user):
     sub = te.Buyer.new(user).subscription("starter")
-    engine.apply(sub.created(created=te.at(0, 1)))
+    engine.apply(sub.created(created=te.at(0)))
     engine.apply(sub.invoice_paid(period=0))
     engine.adjust(user, -300, "abuse")
-    engine.apply(
-        sub.plan_changed(period=0, plan="pro", previous_plan="starter", created=te.at(0, 60))
-    )
+    engine.apply_all(*sub.upgrade(period=0, plan="pro", at_time=te.at(0)))
     assert engine.credits(user) == (4700, 0)
 
 

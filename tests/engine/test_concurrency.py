@@ -170,7 +170,7 @@ def lifecycle(buyer: te.Buyer) -> list[dict[str, Any]]:
         sub.invoice_paid(period=0),
         sub.invoice_paid(period=1),
         sub.updated(period=1, created=te.at(1, 6)),
-        sub.plan_changed(period=1, plan="pro", previous_plan="starter", created=te.at(1, te.DAY)),
+        *sub.upgrade(period=1, plan="pro", at_time=te.at(1, 6)),
     ]
     for n, pack in enumerate(packs):
         events.append(pack.completed(created=te.at(0, 100 + n)))
@@ -188,4 +188,5 @@ def test_concurrent_different_events_of_one_user_serialise_and_end_as_in_order(
     events = lifecycle(at_once)
     results = run_in_parallel(database_url, [apply_job(event) for event in events + events])
     assert errors_in(results) == []
-    assert engine.credits(at_once.user_id) == engine.credits(in_order.user_id) == (5000, 1250)
+    # Upgraded 6 s into period 1: 4,000 x (period - 6 s) / period, rounded down.
+    assert engine.credits(at_once.user_id) == engine.credits(in_order.user_id) == (4999, 1250)

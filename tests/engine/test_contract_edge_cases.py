@@ -14,7 +14,9 @@ import pytest
 from tests.support import typed_events as te
 
 
-def test_dispute_on_a_legacy_subscription_invoice_is_only_recorded(engine, user):
+def test_a_legacy_dispute_finds_its_invoice_through_the_charge_the_invoice_names(engine, user):
+    # A dispute names neither customer nor invoice; the legacy invoice named
+    # the charge that paid it.
     buyer = te.Buyer.new(user, layout="legacy")
     sub = buyer.subscription("starter")
     paid = sub.invoice_paid(period=0)
@@ -23,14 +25,14 @@ def test_dispute_on_a_legacy_subscription_invoice_is_only_recorded(engine, user)
     dispute = te.dispute_event(
         dispute_id=te.new_id("dp"),
         charge_id=paid["invoice"]["charge_id"],
-        payment_intent_id=paid["invoice"]["payment_intent_id"],
+        payment_intent_id=None,
         amount=900,
         layout="legacy",
     )
     assert engine.apply(dispute)["status"] == "applied"
-    assert engine.credits(user) == (1000, 0)
-    (row,) = engine.ledger(user, "subscription_dispute")
-    assert (row["plan_delta"], row["addon_delta"]) == (0, 0)
+    assert engine.credits(user) == (0, 0)
+    (row,) = engine.ledger(user, "dispute_clawback")
+    assert (row["plan_delta"], row["addon_delta"]) == (-1000, 0)
 
 
 def test_integer_fields_accept_an_integral_number_as_the_schema_does(engine, user):
@@ -55,21 +57,21 @@ def test_a_period_starting_at_the_end_is_never_granted_whatever_the_order(
     assert engine.credits(buyer.user_id) == (1000, 0)
 
 
-def test_a_pack_refund_arriving_before_the_pack_leaves_no_open_operator_review(engine, db, buyer):
+def test_a_pack_refund_arriving_before_the_pack_waits_for_it_and_lists_nothing(engine, db, buyer):
     # A basil charge does not say what it paid for: a refund that arrives
-    # before its pack looks like a subscription refund and is listed; when the
-    # pack claims the charge, the listing is marked resolved (the zero entry
-    # on the ledger stays: the ledger is append-only).
+    # before its pack is parked on its payment intent, and applied when the
+    # pack names that payment intent. Nothing is listed for the operator.
     engine.apply(buyer.subscription("starter").created(created=te.at(0, 1)))  # links customer
     purchase = buyer.pack_purchase("pack_2000")
-    engine.apply(purchase.refunded(amount_refunded=300, created=te.at(0, 60)))
+    refund = purchase.refunded(amount_refunded=300, created=te.at(0, 60))
+    assert engine.apply(refund)["status"] == "parked"
     engine.apply(purchase.completed(created=te.at(0, 1)))
     assert engine.credits(buyer.user_id) == (500, 1600)
-    (review,) = db.execute(
+    assert engine.stored_event(refund["id"])["outcome"] == "applied"
+    reviews = db.execute(
         "select * from tally.operator_reviews where object_id = %s", (purchase.charge_id,)
     ).fetchall()
-    assert review["resolved_at"] is not None
-    assert review["details"]["claimed_by_checkout_session"] == purchase.session_id
+    assert reviews == []
 
 
 def test_a_dispute_parked_while_its_pack_is_being_bought_is_applied(
@@ -91,24 +93,24 @@ def test_a_dispute_parked_while_its_pack_is_being_bought_is_applied(
     assert [engine.credits(p.user_id) for p in purchases] == [(500, 0)] * len(purchases)
 
 
-def test_an_upgrade_while_the_renewal_is_unpaid_keeps_the_new_plan_when_it_is_paid(engine, buyer):
+def test_an_upgrade_paid_while_the_renewal_is_unpaid_counts_once_the_renewal_is_paid(
+    engine, buyer
+):
     # The renewal invoice is finalised with the starter line at the period
-    # start; its payment fails; the customer upgrades to pro; the retry
-    # succeeds three days later. invoice.paid then carries the old starter
-    # line, and docs/engine.md's "newest Stripe event created wins" makes it
-    # newer than the upgrade: the period is granted as starter although the
-    # customer is on pro (SPEC 2: after a plan change the allowance is the
-    # new plan's). The invoice line's age is the invoice's, not the event's.
+    # start; its payment fails; the customer upgrades to pro and pays the
+    # proration; the renewal's retry succeeds three days later. The period
+    # is the starter plan its invoice billed, plus what the upgrade paid for
+    # (the invoice line's age is the invoice's, not the event's).
     sub = buyer.subscription("starter")
     engine.apply(sub.created(created=te.at(0, 1)))
     engine.apply(sub.invoice_paid(period=0))
     engine.apply(sub.invoice_failed(period=1, created=te.at(1, 5)))
-    engine.apply(
-        sub.plan_changed(period=1, plan="pro", previous_plan="starter", created=te.at(1, 600))
-    )
+    engine.apply_all(*sub.upgrade(period=1, plan="pro", at_time=te.at(1, 600)))
+    assert engine.credits(buyer.user_id) == (1000, 0)  # period 1 is not paid yet
     engine.apply(sub.invoice_paid(period=1, plan="starter", created=te.at(1, 3 * te.DAY)))
     balance = engine.balance(buyer.user_id)
-    assert (balance["plan_credits"], balance["plan_key"]) == (5000, "pro")
+    upgrade = 4000 * (te.PERIOD - 600) // te.PERIOD
+    assert (balance["plan_credits"], balance["plan_key"]) == (1000 + upgrade, "pro")
 
 
 @pytest.mark.parametrize("deleted_last", [True, False], ids=["deleted-last", "deleted-first"])
@@ -141,7 +143,7 @@ def test_a_withdrawn_period_keeps_counting_what_was_spent_in_the_earlier_one(eng
 
 def test_a_rejected_event_keeps_the_user_it_names(engine, db, buyer):
     event = buyer.subscription("starter").invoice_paid(plan="starter")
-    event["invoice"]["price_id"] = "price_nowhere_fake"
+    event["invoice"]["lines"][0]["price_id"] = "price_nowhere_fake"
     assert engine.apply(event)["status"] == "rejected"
     row = db.execute(
         "select user_id from tally.stripe_events where event_id = %s", (event["id"],)

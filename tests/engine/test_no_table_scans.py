@@ -21,7 +21,7 @@ from tests.engine.conftest import Engine, new_user
 from tests.support import typed_events as te
 
 OTHER_USERS = 40
-STORY_EVENTS = 8  # each other user's history, so every table holds hundreds of rows
+STORY_EVENTS = 9  # each other user's history, so every table holds hundreds of rows
 
 
 def story(buyer: te.Buyer) -> list[dict[str, Any]]:
@@ -35,7 +35,7 @@ def story(buyer: te.Buyer) -> list[dict[str, Any]]:
         pack.refunded(amount_refunded=300, created=te.at(0, 200)),
         pack.dispute(dispute_id=te.new_id("dp"), created=te.at(0, 300)),
         sub.invoice_paid(period=1),
-        sub.plan_changed(period=1, plan="pro", previous_plan="starter", created=te.at(1, 600)),
+        *sub.upgrade(period=1, plan="pro", at_time=te.at(1, 600)),
     ]
 
 
@@ -71,7 +71,7 @@ def calls_of_one_user(database_url: str, engine: Engine) -> int:
         for n in range(5):
             key = f"scan-{uuid.uuid4()}-{n}"
             conn.execute("select public.spend_credits(%s::uuid, 10, %s)", (buyer.user_id, key))
-        conn.execute("select public.reverse_spend(%s)", (key,))
+        conn.execute("select public.reverse_spend(%s::uuid, %s)", (buyer.user_id, key))
         conn.execute(
             "select public.adjust_credits(%s::uuid, 5, 'scan check', %s)",
             (buyer.user_id, f"scan-{uuid.uuid4()}"),

@@ -23,6 +23,9 @@ from tests.engine.conftest import Engine, new_user
 from tests.support import typed_events as te
 
 
+UPGRADE_AFTER = 4 * te.DAY  # into the period: the upgrade pays for the other 26 days
+
+
 @dataclass(frozen=True)
 class Story:
     """Which parts of a customer's month happen."""
@@ -72,12 +75,7 @@ def events_of(story: Story, buyer: te.Buyer) -> list[dict[str, Any]]:
         # After the period's invoice is paid (an upgrade while a renewal is
         # still unpaid is a separate case: see test_contract_gaps).
         period = 1 if story.renews else 0
-        upgraded_at = te.at(period, 4 * te.DAY)
-        events.append(
-            sub.plan_changed(
-                period=period, plan="pro", previous_plan="starter", created=upgraded_at
-            )
-        )
+        events += sub.upgrade(period=period, plan="pro", at_time=te.at(period, UPGRADE_AFTER))
     if story.cancels:
         last = 1 if story.renews else 0
         plan = "pro" if story.upgrades else "starter"  # the item's price when it ends
@@ -107,8 +105,12 @@ def events_of(story: Story, buyer: te.Buyer) -> list[dict[str, Any]]:
 
 def expected_credits(story: Story) -> tuple[int, int]:
     """(plan, add-on) credits the policy gives at the end of the story."""
-    upgraded = story.upgrades
-    plan = te.PLANS["pro" if upgraded else "starter"][1]
+    plan = te.PLANS["starter"][1]
+    if story.upgrades:
+        # What the upgrade's proration invoice pays for: the difference for the
+        # rest of the period, rounded down.
+        difference = te.PLANS["pro"][1] - te.PLANS["starter"][1]
+        plan += difference * (te.PERIOD - UPGRADE_AFTER) // te.PERIOD
     addon = 0
     if story.buys_large_pack:
         refunded = max(story.refunds, default=0)

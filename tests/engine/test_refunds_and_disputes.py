@@ -176,35 +176,6 @@ def test_the_same_dispute_opened_twice_claws_back_once(engine, buyer):
     assert engine.credits(buyer.user_id) == (0, 2000)
 
 
-def test_refund_on_a_subscription_invoice_is_only_recorded(engine, buyer):
-    sub = buyer.subscription("starter")
-    engine.apply(sub.created(created=te.at(0, 1)))
-    engine.apply(sub.invoice_paid(period=0))
-    engine.spend(buyer.user_id, 100)
-    refund = te.charge_refunded(
-        customer_id=buyer.customer_id,
-        payment_intent_id=te.new_id("pi"),
-        amount=900,
-        amount_refunded=900,
-    )
-    assert engine.apply(refund)["status"] == "applied"
-    assert engine.credits(buyer.user_id) == (900, 0)
-    (row,) = engine.ledger(buyer.user_id, "subscription_refund")
-    assert (row["plan_delta"], row["addon_delta"]) == (0, 0)
-
-
-def test_refund_on_a_subscription_invoice_is_listed_for_the_operator(engine, db, buyer):
-    sub = buyer.subscription("starter")
-    engine.apply(sub.created(created=te.at(0, 1)))
-    engine.apply(sub.invoice_paid(period=0))
-    refund = te.charge_refunded(
-        customer_id=buyer.customer_id, payment_intent_id=te.new_id("pi"), amount=900
-    )
-    engine.apply(refund)
-    reviews = db.execute("select * from tally.operator_reviews").fetchall()
-    assert any(refund["id"] in str(review.values()) for review in reviews), reviews
-
-
 def test_a_warning_closed_inquiry_restores_what_it_clawed_back(engine, buyer):
     purchase = bought(engine, buyer, "pack_500")
     dispute_id = te.new_id("dp")

@@ -23,7 +23,10 @@ CATALOG = ["plans", "credit_packs"]
 FUNCTION_CALLS = {
     "apply_stripe_event": "select public.apply_stripe_event(%(event)s::jsonb)",
     "spend_credits": "select public.spend_credits(%(user)s::uuid, 1, 'k-' || %(nonce)s)",
-    "reverse_spend": "select public.reverse_spend(%(spend_key)s)",
+    "reverse_spend": "select public.reverse_spend(%(user)s::uuid, %(spend_key)s)",
+    "reserve_credits": "select public.reserve_credits(%(user)s::uuid, 1, 'h-' || %(nonce)s)",
+    "commit_hold": "select public.commit_hold(%(user)s::uuid, %(hold_key)s)",
+    "release_hold": "select public.release_hold(%(user)s::uuid, %(hold_key)s)",
     "adjust_credits": "select public.adjust_credits(%(user)s::uuid, 5, 'gift', 'a-' || %(nonce)s)",
     "link_stripe_customer": (
         "select public.link_stripe_customer(%(user)s::uuid, 'cus_x' || %(nonce)s)"
@@ -37,6 +40,7 @@ def owner(make_user, engine):
     user = make_user()
     engine.apply(te.Buyer.new(user).pack_purchase("pack_500").completed())
     engine.spend(user, 10, key=f"owner-spend-{user}")
+    engine.reserve(user, 5, f"owner-hold-{user}")
     return user
 
 
@@ -54,6 +58,7 @@ def call_args(user, spend_key: str) -> dict:
         "user": str(user),
         "nonce": uuid.uuid4().hex,
         "spend_key": spend_key,
+        "hold_key": f"owner-hold-{user}",
     }
 
 

@@ -50,7 +50,7 @@ def test_spend_is_one_ledger_row_with_both_parts_and_its_key(engine, user, key):
     engine.spend(user, 700, key=key, reason="outreach line")
     (row,) = engine.ledger(user, "spend")
     assert (row["plan_delta"], row["addon_delta"]) == (-500, -200)
-    assert (row["plan_after"], row["addon_after"], row["spend_key"]) == (0, 300, key)
+    assert (row["plan_after"], row["addon_after"], row["idempotency_key"]) == (0, 300, key)
 
 
 def test_spend_beyond_the_balance_raises_pt402(engine, user):
@@ -89,11 +89,27 @@ def test_repeated_key_with_another_amount_raises_23505(engine, user, key):
     assert engine.credits(user) == (400, 0)
 
 
-def test_repeated_key_for_another_user_raises_23505(engine, user, make_user, key):
+def test_the_same_key_used_by_two_users_names_two_different_spends(
+    engine, user, make_user, key
+):
     other = make_user()
     engine.spend(user, 100, key=key)
-    assert sqlstate_of(lambda: engine.spend(other, 100, key=key)) == "23505"
-    assert engine.credits(other) == (500, 0)
+    assert engine.spend(other, 30, key=key)["replayed"] is False
+    assert engine.credits(user) == (400, 0)
+    assert engine.credits(other) == (470, 0)
+
+
+def test_a_user_cannot_reverse_another_users_spend_by_its_key(engine, user, make_user, key):
+    other = make_user()
+    engine.spend(user, 100, key=key)
+    assert sqlstate_of(lambda: engine.reverse(other, key)) == "PT404"
+    assert engine.credits(user) == (400, 0)
+
+
+def test_repeated_key_with_another_amount_raises_23505(engine, user, key):
+    engine.spend(user, 100, key=key)
+    assert sqlstate_of(lambda: engine.spend(user, 101, key=key)) == "23505"
+    assert engine.credits(user) == (400, 0)
 
 
 @pytest.mark.parametrize("amount", [0, -1, -500])
@@ -133,7 +149,7 @@ def test_spend_reason_defaults_to_null(engine, user, key):
 def test_reverse_spend_gives_back_both_parts(engine, user, key):
     with_pack(engine, user)
     engine.spend(user, 700, key=key)
-    engine.reverse(key, "job failed")
+    engine.reverse(user, key, "job failed")
     assert engine.credits(user) == (500, 500)
     (row,) = engine.ledger(user, "spend_reversal")
     assert (row["plan_delta"], row["addon_delta"]) == (500, 200)
@@ -141,21 +157,21 @@ def test_reverse_spend_gives_back_both_parts(engine, user, key):
 
 def test_reverse_spend_returns_the_new_balance_parts(engine, user, key):
     engine.spend(user, 100, key=key)
-    result = engine.reverse(key)
+    result = engine.reverse(user, key)
     assert (result["plan_credits"], result["addon_credits"]) == (500, 0)
 
 
 def test_reverse_spend_twice_gives_back_once(engine, user, key):
     engine.spend(user, 100, key=key)
-    engine.reverse(key)
-    engine.reverse(key)
+    engine.reverse(user, key)
+    engine.reverse(user, key)
     assert engine.credits(user) == (500, 0)
     assert len(engine.ledger(user, "spend_reversal")) == 1
 
 
 def test_reverse_spend_of_an_unknown_key_raises_pt404(engine):
     with pytest.raises(psycopg.Error) as caught:
-        engine.reverse("never-spent")
+        engine.reverse(uuid.uuid4(), "never-spent")
     assert caught.value.sqlstate == "PT404"
 
 
@@ -164,19 +180,17 @@ def test_reverse_spend_after_a_period_reset_gives_back_only_the_addon_part(engin
     with_pack(engine, user)
     engine.spend(user, 700, key=key)
     engine.apply(buyer.subscription("starter").invoice_paid(period=0))
-    engine.reverse(key)
+    engine.reverse(user, key)
     assert engine.credits(user) == (1000, 500)
 
 
 def test_reverse_spend_lowers_what_counts_as_spent_this_period(engine, user, key):
     sub = te.Buyer.new(user).subscription("starter")
-    engine.apply(sub.created(created=te.at(0, 1)))
+    engine.apply(sub.created(created=te.at(0)))
     engine.apply(sub.invoice_paid(period=0))
     engine.spend(user, 400, key=key)
-    engine.reverse(key)
-    engine.apply(
-        sub.plan_changed(period=0, plan="pro", previous_plan="starter", created=te.at(0, 60))
-    )
+    engine.reverse(user, key)
+    engine.apply_all(*sub.upgrade(period=0, plan="pro", at_time=te.at(0)))
     assert engine.credits(user) == (5000, 0)
 
 
@@ -184,7 +198,7 @@ def test_a_reversed_spends_key_used_again_returns_the_first_result_and_spends_no
     engine, user, key
 ):
     engine.spend(user, 100, key=key)
-    engine.reverse(key)
+    engine.reverse(user, key)
     again = engine.spend(user, 100, key=key)
     assert again["plan_credits"] == 400  # the first result: nothing spent again
     assert engine.credits(user) == (500, 0)
@@ -199,5 +213,5 @@ def test_reversing_a_spend_after_a_downgrade_never_exceeds_the_new_allowance(eng
         sub.plan_changed(period=0, plan="starter", previous_plan="pro", created=te.at(0, 60))
     )
     assert engine.credits(user) == (0, 0)
-    engine.reverse(key)
+    engine.reverse(user, key)
     assert engine.credits(user) == (1000, 0)

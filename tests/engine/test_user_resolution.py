@@ -174,25 +174,58 @@ def test_retry_leaves_an_event_rejected_while_its_cause_remains(engine, buyer):
     assert (stored["outcome"], stored["raw"]) == ("rejected", event["raw"])
 
 
-def test_a_rejected_event_naming_user_and_customer_still_stores_the_link(engine, buyer):
-    # SPEC 3.5: "Any event that names both a user and a customer ... stores
-    # that link"; a pack session without metadata.price_id is rejected, but
-    # it names a real user and their customer.
-    engine.apply(buyer.pack_purchase("pack_500").completed(metadata_price_id=None))
+def test_a_rejected_event_never_links_its_customer(engine, db, buyer):
+    # A paid pack session without metadata.price_id was not made by tally
+    # (a Payment Link, say, where the payer chose client_reference_id): it
+    # is rejected, and its customer is not linked to the user it names.
+    rejected = buyer.pack_purchase("pack_500").completed(metadata_price_id=None)
+    assert engine.apply(rejected)["status"] == "rejected"
+    assert db.execute(
+        "select * from tally.customers where customer_id = %s", (buyer.customer_id,)
+    ).fetchall() == []
     anonymous = buyer.subscription("starter", with_user_metadata=False)
-    assert engine.apply(anonymous.invoice_paid(period=0))["status"] == "applied"
+    assert engine.apply(anonymous.invoice_paid(period=0))["status"] == "parked"
 
 
-def test_refund_naming_a_user_in_charge_metadata_needs_no_customer_link(engine, db, buyer):
+def test_a_checkout_session_the_payer_labelled_links_nothing(engine, db, buyer):
+    # client_reference_id set by whoever opened a Payment Link: the session
+    # has no metadata.user_id and no metadata.price_id of tally's.
+    labelled = buyer.subscription("starter").checkout(
+        metadata_user_id=None, metadata_price_id=None
+    )
+    assert engine.apply(labelled)["status"] == "applied"
+    assert db.execute(
+        "select * from tally.customers where customer_id = %s", (buyer.customer_id,)
+    ).fetchall() == []
+
+
+def test_the_first_link_of_a_customer_stays(engine, db, buyer, make_user):
+    other = te.Buyer.new(make_user())
+    other.customer_id = buyer.customer_id
+    engine.apply(buyer.subscription("starter").checkout())
+    engine.apply(other.subscription("starter").checkout())
+    (link,) = db.execute(
+        "select user_id from tally.customers where customer_id = %s", (buyer.customer_id,)
+    ).fetchall()
+    assert str(link["user_id"]) == buyer.user_id
+
+
+def test_a_refund_of_a_payment_tally_does_not_know_is_parked_on_its_payment_intent(
+    engine, db, buyer
+):
+    payment_intent_id = te.new_id("pi")
     refund = te.charge_refunded(
         customer_id=te.new_id("cus"),
-        payment_intent_id=te.new_id("pi"),
+        payment_intent_id=payment_intent_id,
         metadata_user_id=buyer.user_id,
         amount=900,
         amount_refunded=900,
     )
-    assert engine.apply(refund)["status"] == "applied"
-    assert len(engine.ledger(buyer.user_id, "subscription_refund")) == 1
+    assert engine.apply(refund)["status"] == "parked"
+    stored = engine.stored_event(refund["id"])
+    assert stored["waiting_on"] == f"payment_intent:{payment_intent_id}"
+    assert "payment intent" not in stored["reason"] or "customer" not in stored["reason"]
+    assert engine.ledger(buyer.user_id, "subscription_refund") == []
 
 
 def test_subscription_naming_a_user_that_does_not_exist_is_rejected(engine):
