@@ -114,6 +114,8 @@ class Envelope:
     obj: JSON
     previous_attributes: Any
     raw: JSON
+    # NUL characters or unpaired surrogates were replaced (Postgres cannot store them).
+    replaced_characters: bool = False
 
     @property
     def is_handled(self) -> bool:
@@ -129,8 +131,24 @@ def _refuse_constant(name: str) -> None:
     raise Unreadable(f"body contains {name}, which is not JSON")
 
 
+def read_body(body: bytes) -> Envelope:
+    """The envelope of a webhook body (``Unreadable`` when it is not a Stripe event)."""
+    doc, replaced = _parse(body)
+    return read_envelope(doc, replaced_characters=replaced)
+
+
 def parse_body(body: bytes) -> Any:
-    """Strict JSON: UTF-8, no NaN/Infinity, bounded depth, storable strings."""
+    """Strict JSON, with what Postgres cannot store replaced (see ``_parse``)."""
+    return _parse(body)[0]
+
+
+def _parse(body: bytes) -> tuple[Any, bool]:
+    """Strict JSON: UTF-8, no NaN/Infinity, bounded depth.
+
+    Postgres cannot store a NUL character or an unpaired surrogate in a
+    string: they are replaced with U+FFFD, and the second value says so (an
+    event carrying one is recorded with that problem, never refused).
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -146,8 +164,8 @@ def parse_body(body: bytes) -> Any:
     # Valid UTF-8 has no surrogates and strict JSON no raw control characters, so
     # NUL or a lone surrogate can only come from a \u escape: look closer only then.
     if _SUSPECT_ESCAPE.search(text):
-        _check_strings(doc)
-    return doc
+        return _storable(doc)
+    return doc, False
 
 
 def _nesting_depth(text: str) -> int:
@@ -156,24 +174,34 @@ def _nesting_depth(text: str) -> int:
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
-def _check_strings(doc: Any) -> None:
-    """Every key and string storable by Postgres; iterative (the input decides the depth)."""
-    stack: list[Any] = [doc]
+def _storable(doc: Any) -> tuple[Any, bool]:
+    """The document with every key and string storable by Postgres, and whether any changed.
+
+    Rebuilt bottom-up with an explicit stack: the input decides the depth.
+    """
+    replaced = False
+
+    def fix(text: str) -> str:
+        nonlocal replaced
+        fixed = _UNSTORABLE.sub("\ufffd", text)
+        replaced = replaced or fixed != text
+        return fixed
+
+    root: list[Any] = [doc]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
     while stack:
-        value = stack.pop()
+        container, key = stack.pop()
+        value = container[key]
         if isinstance(value, dict):
-            for key, item in value.items():
-                _check_string(key)
-                stack.append(item)
+            rebuilt = {fix(k): v for k, v in value.items()}
+            container[key] = rebuilt
+            stack.extend((rebuilt, k) for k in rebuilt)
         elif isinstance(value, list):
-            stack.extend(value)
+            container[key] = list(value)
+            stack.extend((container[key], i) for i in range(len(value)))
         elif isinstance(value, str):
-            _check_string(value)
-
-
-def _check_string(value: str) -> None:
-    if _UNSTORABLE.search(value):
-        raise Unreadable("body contains a NUL character or an unpaired surrogate")
+            container[key] = fix(value)
+    return root[0], replaced
 
 
 # ------------------------------------------------------------------------------
@@ -286,7 +314,7 @@ def _first(*candidates: str | None) -> str | None:
 # ------------------------------------------------------------------------------
 
 
-def read_envelope(doc: Any) -> Envelope:
+def read_envelope(doc: Any, *, replaced_characters: bool = False) -> Envelope:
     """The event envelope, if the document is a Stripe event at all.
 
     A Stripe event has ``object: "event"`` (or no ``object``, as some old
@@ -315,6 +343,7 @@ def read_envelope(doc: Any) -> Envelope:
         obj=_dict(data.get("object"), "data.object"),
         previous_attributes=data.get("previous_attributes"),
         raw=event,
+        replaced_characters=replaced_characters,
     )
 
 
@@ -335,6 +364,11 @@ def layout_of(envelope: Envelope) -> Layout:
 def _envelope_problem(env: Envelope) -> str | None:
     """What the envelope lacks for the event to be applied."""
     raw = env.raw
+    if env.replaced_characters:
+        return (
+            "the body contains NUL characters or unpaired surrogates, which the database"
+            " cannot store (replaced with U+FFFD in the stored copy)"
+        )
     if env.created is None:
         return "created is missing or not a Unix time"
     if "livemode" in raw and env.livemode is None:

@@ -1176,6 +1176,9 @@ class StripeWorld:
         self.prices = dict(prices or {})
         self.clock = Clock(start)
         self.ids = Ids(seed)
+        # invoice_payment.paid exists in the basil layout only: its ids come
+        # from their own sequence, so both layouts of one story share the rest.
+        self.payment_ids = Ids(f"{seed}-invoice-payments")
         self.noise = noise
         self.livemode = livemode
         self.success_url = success_url
@@ -1202,16 +1205,24 @@ class StripeWorld:
             livemode=self.livemode,
         )
 
-    def _emit(self, type: str, obj: JSON, previous_attributes: JSON | None = None) -> JSON:
+    def _emit(
+        self,
+        type: str,
+        obj: JSON,
+        previous_attributes: JSON | None = None,
+        *,
+        ids: Ids | None = None,
+    ) -> JSON:
+        ids = ids or self.ids
         evt = event(
-            id=self.ids.new("evt"),
+            id=ids.new("evt"),
             type=type,
             created=self.clock.now,
             obj=obj,
             api_version=self.api_version,
             previous_attributes=previous_attributes,
             livemode=self.livemode,
-            request_id=self.ids.new("req"),
+            request_id=ids.new("req"),
         )
         self.sent.append(evt)
         return evt
@@ -1464,7 +1475,13 @@ class StripeWorld:
             events.append(self._emit("invoice.payment_succeeded", obj))
         if payment and self.layout == "basil":
             # From basil on, the only webhook that joins a payment to its invoice.
-            events.append(self._emit("invoice_payment.paid", self.invoice_payment_object(payment)))
+            events.append(
+                self._emit(
+                    "invoice_payment.paid",
+                    self.invoice_payment_object(payment),
+                    ids=self.payment_ids,
+                )
+            )
         if not paid:
             self._open_invoices[sub.id] = inv
         return events
@@ -1472,7 +1489,7 @@ class StripeWorld:
     def invoice_payment_object(self, payment: Payment) -> JSON:
         assert payment.invoice_id is not None
         return invoice_payment(
-            id=self.ids.new("inpay"),
+            id=self.payment_ids.new("inpay"),
             invoice=payment.invoice_id,
             payment_intent=payment.payment_intent_id,
             amount_paid=payment.amount,

@@ -255,11 +255,53 @@ def test_plan_change_invoiced_now_has_only_proration_lines():
     events = world.change_plan(sub, "price_pro", invoice_now=True)
     inv = of_type(events, "invoice.paid")[0]["data"]["object"]
     assert inv["billing_reason"] == "subscription_update"
-    prorations = [
-        line["parent"]["subscription_item_details"]["proration"] for line in inv["lines"]["data"]
-    ]
-    assert prorations == [True, True]
+    # A proration is an invoice item's line (basil); the credit names what it credits.
+    details = [line["parent"]["invoice_item_details"] for line in inv["lines"]["data"]]
+    assert [d["proration"] for d in details] == [True, True]
+    assert (
+        details[0]["proration_details"]["credited_items"]["invoice"] == sub.payments[0].invoice_id
+    )
+    assert details[1]["proration_details"]["credited_items"] is None
     assert inv["amount_paid"] == sum(line["amount"] for line in inv["lines"]["data"]) > 0
+
+
+def test_a_paid_basil_invoice_is_joined_to_its_payment_by_invoice_payment_paid():
+    _, sub, events = subscribed("basil")
+    (joined,) = of_type(events, "invoice_payment.paid")
+    payment = joined["data"]["object"]
+    assert payment["invoice"] == sub.payments[0].invoice_id
+    assert payment["payment"] == {
+        "type": "payment_intent",
+        "payment_intent": sub.payments[0].payment_intent_id,
+    }
+
+
+def test_a_legacy_world_sends_no_invoice_payment_events():
+    _, _, events = subscribed("legacy")
+    assert of_type(events, "invoice_payment.paid") == []
+
+
+def test_a_scheduled_change_bills_the_new_price_at_the_next_renewal():
+    world, sub, _ = subscribed("basil")
+    assert world.schedule_change(sub, "price_basic") == []
+    world.change_plan(sub, "price_pro", invoice_now=True)
+    world.schedule_change(sub, "price_basic")
+    renewal = world.renew(sub)
+    inv = of_type(renewal, "invoice.paid")[0]["data"]["object"]
+    assert [line["pricing"]["price_details"]["price"] for line in inv["lines"]["data"]] == [
+        "price_basic"
+    ]
+    updated = of_type(renewal, "customer.subscription.updated")[0]
+    assert updated["data"]["previous_attributes"]["items"]["data"][0]["price"]["id"] == "price_pro"
+
+
+def test_an_invoice_can_embed_only_its_first_page_of_lines():
+    lines = [{"amount": 1, "period": {"start": 1, "end": 2}} for _ in range(3)]
+    inv = se.invoice(layout="basil", id="in_1", customer="cus_1", subscription="sub_1",
+                     subscription_metadata={}, lines=lines, status="paid", created=1,
+                     billing_reason="subscription_cycle", embedded_lines=2)  # fmt: skip
+    assert (len(inv["lines"]["data"]), inv["lines"]["has_more"]) == (2, True)
+    assert inv["lines"]["total_count"] == 3 and inv["total"] == 3
 
 
 def test_pending_prorations_join_the_next_renewal_invoice():
@@ -280,7 +322,11 @@ def test_failed_renewal_makes_the_subscription_past_due_until_retried():
     assert failed[-1]["data"]["object"]["status"] == "past_due"
     assert failed[-1]["data"]["previous_attributes"]["status"] == "active"
     retried = world.retry_payment(sub)
-    assert [e["type"] for e in retried] == ["invoice.paid", "customer.subscription.updated"]
+    assert [e["type"] for e in retried] == [
+        "invoice.paid",
+        "invoice_payment.paid",
+        "customer.subscription.updated",
+    ]
     assert retried[0]["data"]["object"]["id"] == failed[0]["data"]["object"]["id"]
     assert retried[-1]["data"]["object"]["status"] == "active"
 

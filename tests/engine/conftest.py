@@ -89,9 +89,7 @@ class Engine:
         )
 
     def release(self, user_id: Any, key: str) -> dict[str, Any]:
-        return self.call(
-            "select public.release_hold(%s::uuid, %s) as result", (str(user_id), key)
-        )
+        return self.call("select public.release_hold(%s::uuid, %s) as result", (str(user_id), key))
 
     def adjust(
         self, user_id: Any, amount: int, reason: str | None = "test", key: str | None = None

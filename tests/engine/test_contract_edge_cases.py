@@ -93,9 +93,7 @@ def test_a_dispute_parked_while_its_pack_is_being_bought_is_applied(
     assert [engine.credits(p.user_id) for p in purchases] == [(500, 0)] * len(purchases)
 
 
-def test_an_upgrade_paid_while_the_renewal_is_unpaid_counts_once_the_renewal_is_paid(
-    engine, buyer
-):
+def test_an_upgrade_paid_while_the_renewal_is_unpaid_counts_once_the_renewal_is_paid(engine, buyer):
     # The renewal invoice is finalised with the starter line at the period
     # start; its payment fails; the customer upgrades to pro and pays the
     # proration; the renewal's retry succeeds three days later. The period

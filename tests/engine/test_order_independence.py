@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from tests.engine.conftest import Engine, new_user
 from tests.support import typed_events as te
 
-
 UPGRADE_AFTER = 4 * te.DAY  # into the period: the upgrade pays for the other 26 days
 
 

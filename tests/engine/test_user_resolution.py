@@ -180,9 +180,12 @@ def test_a_rejected_event_never_links_its_customer(engine, db, buyer):
     # is rejected, and its customer is not linked to the user it names.
     rejected = buyer.pack_purchase("pack_500").completed(metadata_price_id=None)
     assert engine.apply(rejected)["status"] == "rejected"
-    assert db.execute(
-        "select * from tally.customers where customer_id = %s", (buyer.customer_id,)
-    ).fetchall() == []
+    assert (
+        db.execute(
+            "select * from tally.customers where customer_id = %s", (buyer.customer_id,)
+        ).fetchall()
+        == []
+    )
     anonymous = buyer.subscription("starter", with_user_metadata=False)
     assert engine.apply(anonymous.invoice_paid(period=0))["status"] == "parked"
 
@@ -190,13 +193,14 @@ def test_a_rejected_event_never_links_its_customer(engine, db, buyer):
 def test_a_checkout_session_the_payer_labelled_links_nothing(engine, db, buyer):
     # client_reference_id set by whoever opened a Payment Link: the session
     # has no metadata.user_id and no metadata.price_id of tally's.
-    labelled = buyer.subscription("starter").checkout(
-        metadata_user_id=None, metadata_price_id=None
-    )
+    labelled = buyer.subscription("starter").checkout(metadata_user_id=None, metadata_price_id=None)
     assert engine.apply(labelled)["status"] == "applied"
-    assert db.execute(
-        "select * from tally.customers where customer_id = %s", (buyer.customer_id,)
-    ).fetchall() == []
+    assert (
+        db.execute(
+            "select * from tally.customers where customer_id = %s", (buyer.customer_id,)
+        ).fetchall()
+        == []
+    )
 
 
 def test_the_first_link_of_a_customer_stays(engine, db, buyer, make_user):

@@ -181,7 +181,10 @@ async def test_event_without_user_hint_is_parked_then_applied_on_link(sidecar, d
     w = world()
     customer = w.customer(user_id=None)
     sub, out = w.subscribe(customer, STARTER_PRICE, via_checkout=False)
-    assert set(await deliver_all(sidecar, out)) == {"parked"}
+    outcomes = dict(zip([e["type"] for e in out], await deliver_all(sidecar, out), strict=True))
+    # invoice_payment.paid needs no user: it only says which payment paid which invoice.
+    assert outcomes.pop("invoice_payment.paid") == "applied"
+    assert set(outcomes.values()) == {"parked"}
     db.execute("select public.link_stripe_customer(%s, %s)", (user, customer.id))
     assert credits(db, user) == (STARTER_CREDITS, 0)
     assert sub.id
@@ -203,6 +206,7 @@ async def test_subscription_checkout_sets_plan_credits(sidecar, db, make_user, l
     assert types == [
         "customer.subscription.created",
         "invoice.paid",
+        *(["invoice_payment.paid"] if layout == "basil" else []),
         "checkout.session.completed",
     ]
     assert set(await deliver_all(sidecar, out)) == {"applied"}
@@ -225,8 +229,18 @@ async def test_upgrade_gives_new_allowance_minus_spent(sidecar, db, make_user, l
     sub, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
     await deliver_all(sidecar, out)
     db.execute("select public.spend_credits(%s, 300, 'job-1')", (user,))
-    await deliver_all(sidecar, w.change_plan(sub, PRO_PRICE, invoice_now=True))
-    assert credits(db, user) == (PRO_CREDITS - 300, 0)
+    change = w.change_plan(sub, PRO_PRICE, invoice_now=True)
+    await deliver_all(sidecar, change)
+    assert credits(db, user) == (STARTER_CREDITS + upgrade_share(change) - 300, 0)
+
+
+async def test_an_upgrade_without_its_paid_invoice_adds_nothing(sidecar, db, make_user, layout):
+    user = make_user()
+    w = world(layout)
+    sub, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
+    await deliver_all(sidecar, out + w.change_plan(sub, PRO_PRICE))
+    assert credits(db, user) == (STARTER_CREDITS, 0)
+    assert balance(db, user)["plan_key"] == "pro"
 
 
 async def test_failed_invoice_grants_nothing_until_paid(sidecar, db, make_user, layout):
@@ -289,18 +303,37 @@ async def test_dispute_claws_back_then_won_restores(sidecar, db, make_user, layo
     assert credits(db, user) == (SIGNUP_CREDITS, PACK_CREDITS)
 
 
-async def test_refund_and_dispute_of_a_subscription_invoice_are_listed_for_the_operator(
+async def test_refund_and_dispute_of_the_current_periods_invoice_take_its_credits_back(
     sidecar, db, make_user, layout
 ):
     user = make_user()
     w = world(layout)
     sub, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
     await deliver_all(sidecar, out)
+    await deliver_all(sidecar, w.refund(sub, 500))
+    paid = w.prices[STARTER_PRICE]
+    refunded = round(STARTER_CREDITS * 500 / paid)
+    assert credits(db, user) == (STARTER_CREDITS - refunded, 0)
     _, opened = w.open_dispute(sub)
-    assert await deliver_all(sidecar, w.refund(sub, 500) + opened) == ["applied", "applied"]
+    await deliver_all(sidecar, opened)
+    assert credits(db, user) == (0, 0)  # the dispute takes what the refund left
+    assert db.execute("select * from tally.operator_reviews").fetchall() == []
+
+
+async def test_a_refund_of_an_older_periods_invoice_is_listed_for_the_operator(
+    sidecar, db, make_user, layout
+):
+    user = make_user()
+    w = world(layout)
+    sub, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
+    first_payment = sub.payments[0]
+    await deliver_all(sidecar, out + w.renew(sub))
+    await deliver_all(sidecar, w.refund(first_payment, 500))
     assert credits(db, user) == (STARTER_CREDITS, 0)
-    reviews = db.execute("select kind from tally.operator_reviews order by id").fetchall()
-    assert [r["kind"] for r in reviews] == ["subscription_refund", "subscription_dispute"]
+    reviews = db.execute("select kind, object_id from tally.operator_reviews").fetchall()
+    assert [(r["kind"], r["object_id"]) for r in reviews] == [
+        ("subscription_refund", first_payment.charge_id)
+    ]
 
 
 async def test_cancellation_keeps_credits_and_ends_the_subscription(sidecar, db, make_user, layout):
@@ -329,6 +362,19 @@ def balance_status(db, user) -> str | None:
     return row["subscription_status"]
 
 
+def is_upgrade_invoice(event: dict) -> bool:
+    obj = event["data"]["object"]
+    return event["type"] == "invoice.paid" and obj["billing_reason"] == "subscription_update"
+
+
+def upgrade_share(events: list[dict]) -> int:
+    """What the paid upgrade invoice among `events` pays for (docs/policy.md): the plans'
+    difference times the share of the month its proration lines cover, rounded down."""
+    invoice = next(e for e in events if is_upgrade_invoice(e))["data"]["object"]
+    period = invoice["lines"]["data"][-1]["period"]
+    return (PRO_CREDITS - STARTER_CREDITS) * (period["end"] - period["start"]) // se.MONTH
+
+
 def life(user, layout: se.Layout, seed: int) -> list[dict]:
     """A customer's life in events: subscribe, renew, upgrade, pack, refund, dispute, cancel."""
     w = world(layout)
@@ -348,7 +394,11 @@ async def test_any_delivery_order_with_duplicates_ends_in_the_same_balance(
     in_order = make_user()
     await deliver_all(sidecar, life(in_order, layout, seed=0))
     expected = credits(db, in_order)
-    assert expected == (PRO_CREDITS, PACK_CREDITS - round(PACK_CREDITS * 300 / 900))
+    upgrade = next(e for e in life(in_order, layout, seed=0) if is_upgrade_invoice(e))
+    assert expected == (
+        STARTER_CREDITS + upgrade_share([upgrade]),
+        PACK_CREDITS - round(PACK_CREDITS * 300 / 900),
+    )
     rng = random.Random(7)
     for seed in (1, 2, 3):
         user = make_user()
@@ -401,7 +451,8 @@ async def test_same_second_status_changes_resolve_by_previous_attributes(
     scheduled["created"] = up["created"]  # Stripe's clock has one-second resolution
     await deliver_all(sidecar, [scheduled, up])
     row = balance(db, user)
-    assert (row["plan_key"], row["plan_credits"]) == ("pro", PRO_CREDITS)
+    # The upgrade was not paid (no invoice yet): the plan shows, no credits come.
+    assert (row["plan_key"], row["plan_credits"]) == ("pro", STARTER_CREDITS)
 
 
 async def test_a_stale_update_never_reactivates_a_canceled_subscription(

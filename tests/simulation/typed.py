@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sidecar.events import normalise, parse_body, read_envelope
+from sidecar.events import normalise, read_body
 from tally.stripe_events import encode
 
 
@@ -14,7 +14,7 @@ def to_typed(raw: dict[str, Any]) -> dict[str, Any] | None:
 
     The event goes through its wire form first, as it would over HTTP.
     """
-    envelope = read_envelope(parse_body(encode(raw)))
+    envelope = read_body(encode(raw))
     return normalise(envelope) if envelope.is_handled else None
 
 

@@ -177,7 +177,7 @@ def stripe_event(
 
 def typed(raw_event: JSON, *, lines: list[JSON] | None = None) -> JSON:
     """The typed event the sidecar makes of a Stripe event (through JSON, as on the wire)."""
-    envelope = events.read_envelope(events.parse_body(se.encode(raw_event)))
+    envelope = events.read_body(se.encode(raw_event))
     return events.normalise(envelope, lines=lines)
 
 
