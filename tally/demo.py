@@ -48,6 +48,7 @@ JSON = dict[str, Any]
 PRICES_IN_CENTS = {"starter": 900, "pro": 2900, "pack": 500}
 FIRST_SPEND = 300
 SECOND_SPEND = 200
+HOLD, HOLD_USED = 400, 250
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Balance:
     plan_credits: int
     addon_credits: int
     total_credits: int
+    held_credits: int
+    available_credits: int
     plan_key: str | None
     subscription_status: str | None
 
@@ -82,6 +85,7 @@ class Expected:
     addon: int
     status: str | None = None
     outcomes: tuple[str, ...] = ("applied",)
+    held: int = 0
 
     def problems(self, outcome: str, balance: Balance) -> list[str]:
         found = []
@@ -92,6 +96,8 @@ class Expected:
                 f"plan/add-on {balance.plan_credits}/{balance.addon_credits},"
                 f" expected {self.plan}/{self.addon}"
             )
+        if balance.held_credits != self.held:
+            found.append(f"held {balance.held_credits}, expected {self.held}")
         if self.status is not None and balance.subscription_status != self.status:
             found.append(f"status {balance.subscription_status}, expected {self.status}")
         return found
@@ -143,17 +149,33 @@ class Demo:
 
     def spend(self, step: str, amount: int, key: str, expected: Expected) -> None:
         """public.spend_credits, called as the app's backend (service_role) calls it."""
-        outcome = "spent"
+        self.call(step, f"spend_credits({amount})", "spent", expected,
+                  "select public.spend_credits(%s, %s, %s, %s)",
+                  (self.user_id, amount, key, "demo: generated outreach lines"))  # fmt: skip
+
+    def reserve(self, step: str, amount: int, key: str, expected: Expected) -> None:
+        """public.reserve_credits: set credits aside for a job whose cost comes at its end."""
+        self.call(step, f"reserve_credits({amount})", "held", expected,
+                  "select public.reserve_credits(%s, %s, %s, 900, %s)",
+                  (self.user_id, amount, key, "demo: a long generation job"))  # fmt: skip
+
+    def commit(self, step: str, amount: int, key: str, expected: Expected) -> None:
+        """public.commit_hold: spend what the job used of its hold, free the rest."""
+        self.call(step, f"commit_hold({amount})", "committed", expected,
+                  "select public.commit_hold(%s, %s, %s)", (self.user_id, key, amount))  # fmt: skip
+
+    def call(
+        self, step: str, label: str, done: str, expected: Expected, sql: str, args: tuple
+    ) -> None:
+        """A credit function, called as the app's backend (service_role) calls it."""
+        outcome = done
         try:
             with psycopg.connect(self.dsn, autocommit=True) as conn, conn.transaction():
                 conn.execute("set local role service_role")
-                conn.execute(
-                    "select public.spend_credits(%s, %s, %s, %s)",
-                    (self.user_id, amount, key, "demo: generated outreach lines"),
-                )
+                conn.execute(sql, args)
         except psycopg.Error as error:
             outcome = f"error {error.sqlstate}: {error.diag.message_primary}"
-        self.record(step, f"spend_credits({amount})", "-", outcome, expected)
+        self.record(step, label, "-", outcome, expected)
 
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> str:
         request = urllib.request.Request(
@@ -179,12 +201,20 @@ class Demo:
             conn.execute("set local role authenticated")
             conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
             row = conn.execute(
-                "select plan_credits, addon_credits, total_credits, plan_key,"
-                " subscription_status from public.credit_balances"
+                "select plan_credits, addon_credits, total_credits, held_credits,"
+                " available_credits, plan_key, subscription_status from public.credit_balances"
             ).fetchone()
         if row is None:
-            return Balance(0, 0, 0, None, None)
+            return Balance(0, 0, 0, 0, 0, None, None)
         return Balance(**row)
+
+    def app_events(self) -> list[JSON]:
+        """The balance events written for the app's backend (credits.low, .depleted, .granted)."""
+        with psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row) as conn:
+            return conn.execute(
+                "select payload from tally.balance_events where user_id = %s order by id",
+                (self.user_id,),
+            ).fetchall()
 
     def record(
         self, step: str, event_type: str, layout: str, outcome: str, expected: Expected
@@ -251,9 +281,10 @@ def play(demo: Demo, catalog: Catalog) -> None:
     user = demo.sign_up("ada@example.test", Expected(c.signup, 0, outcomes=("created",)))
     ada = world.customer(user_id=str(user), email="ada@example.test")
 
-    sub, (created, first_invoice, checkout) = world.subscribe(ada, c.starter_price)
+    sub, (created, first_invoice, paid_by, checkout) = world.subscribe(ada, c.starter_price)
     demo.deliver("subscribe to starter: subscription created", created, Expected(c.signup, 0))
     demo.deliver("first invoice paid: plan credits set", first_invoice, Expected(c.starter, 0))
+    demo.deliver("which payment paid it (basil)", paid_by, Expected(c.starter, 0))
     demo.deliver("checkout completed (often last)", checkout, Expected(c.starter, 0, "active"))
     left = c.starter - FIRST_SPEND
     demo.spend(
@@ -263,7 +294,7 @@ def play(demo: Demo, catalog: Catalog) -> None:
         Expected(left, 0, outcomes=("spent",)),
     )
 
-    renewal_invoice, renewal_update = world.renew(sub)
+    renewal_invoice, _paid_by, renewal_update = world.renew(sub)
     demo.deliver("renewal paid: plan credits reset", renewal_invoice, Expected(c.starter, 0))
     demo.deliver(
         "same renewal delivered again",
@@ -283,19 +314,34 @@ def play(demo: Demo, catalog: Catalog) -> None:
     demo.deliver(f"add-on pack paid ({c.pack_name})", pack_paid, Expected(left, c.pack))
     world.layout = "basil"
 
-    (upgrade,) = world.change_plan(sub, c.pro_price)
-    upgraded = c.pro - SECOND_SPEND  # the new allowance less what this period spent
-    demo.deliver("upgrade to pro mid-period", upgrade, Expected(upgraded, c.pack, "active"))
+    # Halfway through the period the customer upgrades; Stripe bills the
+    # change at once (proration_behavior=always_invoice). Credits come only
+    # from that paid invoice: half the period left pays for half of the
+    # difference between the plans.
+    world.clock.now = sub.current_period_start + 15 * DAY
+    changed, proration_paid, joined = world.change_plan(
+        sub, c.pro_price, invoice_now=True, same_second=True
+    )
+    demo.deliver("upgrade to pro: nothing paid yet", changed, Expected(left, c.pack, "active"))
+    upgraded = c.starter + (c.pro - c.starter) // 2 - SECOND_SPEND
+    demo.deliver("upgrade's proration invoice paid", proration_paid, Expected(upgraded, c.pack))
+    demo.deliver("which payment paid it (basil)", joined, Expected(upgraded, c.pack))
     demo.deliver(
         "late: renewal's update (starter) after upgrade",
         renewal_update,
         Expected(upgraded, c.pack, "active", outcomes=("applied", "duplicate")),
     )
 
+    demo.reserve("hold credits for a long job", HOLD, "demo-job-1",
+                 Expected(upgraded, c.pack, outcomes=("held",), held=HOLD))  # fmt: skip
+    used = upgraded - HOLD_USED
+    demo.commit("job done: commit less than held", HOLD_USED, "demo-job-1",
+                Expected(used, c.pack, outcomes=("committed",)))  # fmt: skip
+
     failed_invoice, now_past_due = world.fail_renewal(sub)
-    demo.deliver("next renewal fails", failed_invoice, Expected(upgraded, c.pack))
-    demo.deliver("subscription past_due", now_past_due, Expected(upgraded, c.pack, "past_due"))
-    retried_invoice, active_again = world.retry_payment(sub)
+    demo.deliver("next renewal fails", failed_invoice, Expected(used, c.pack))
+    demo.deliver("subscription past_due", now_past_due, Expected(used, c.pack, "past_due"))
+    retried_invoice, _joined, active_again = world.retry_payment(sub)
     demo.deliver("payment retried and paid: reset", retried_invoice, Expected(c.pro, c.pack))
     demo.deliver("subscription active again", active_again, Expected(c.pro, c.pack, "active"))
     demo.deliver(
@@ -321,6 +367,7 @@ COLUMNS = (
     ("plan", 5),
     ("add-on", 6),
     ("total", 5),
+    ("held", 4),
     ("plan key", 8),
     ("status", 8),
     ("check", 5),
@@ -343,6 +390,7 @@ def print_row(number: int, result: StepResult) -> None:
         str(b.plan_credits),
         str(b.addon_credits),
         str(b.total_credits),
+        str(b.held_credits),
         b.plan_key or "-",
         b.subscription_status or "-",
         "ok" if result.ok else "FAIL",
@@ -351,6 +399,19 @@ def print_row(number: int, result: StepResult) -> None:
     print(line.rstrip(), flush=True)
     for problem in result.problems:
         print(f"{'':4}^ {problem}", flush=True)
+
+
+def print_app_events(rows: list[JSON]) -> None:
+    """What the app's backend receives (signed webhooks to APP_WEBHOOK_URL)."""
+    print("\nbalance events for the app's backend:")
+    for row in rows:
+        payload = row["payload"]
+        data = payload["data"]
+        detail = ", ".join(f"{key} {data[key]}" for key in ("granted", "threshold") if key in data)
+        print(
+            f"  {payload['type']:<17} available {data['available_credits']:>5}"
+            f"  ({data['reason']}{', ' + detail if detail else ''})"
+        )
 
 
 def write_summary(path: Path, catalog: Catalog, demo: Demo, reconciled: bool) -> None:
@@ -403,6 +464,7 @@ def run(summary_path: Path | None) -> int:
             print_header()
             play(demo, catalog)
             reconciled = demo.reconciled()
+            print_app_events(demo.app_events())
     failed = [r for r in demo.results if not r.ok]
     print(
         f"\n{len(demo.results)} steps, {len(failed)} failed;"

@@ -30,7 +30,7 @@ def test_the_lifecycle_ends_with_the_pro_allowance_and_one_pack(database_url):
 
 def test_a_failed_step_is_reported_with_what_differs():
     expected = demo.Expected(plan=1000, addon=0, status="active")
-    balance = demo.Balance(700, 0, 700, "starter", "past_due")
+    balance = demo.Balance(700, 0, 700, 0, 700, "starter", "past_due")
     assert expected.problems("duplicate", balance) == [
         "outcome duplicate, expected applied",
         "plan/add-on 700/0, expected 1000/0",
@@ -42,7 +42,9 @@ def test_the_summary_file_holds_the_catalog_and_every_step(tmp_path: Path):
     catalog = demo.Catalog(500, 1000, 5000, 500, "p_s", "p_p", "p_k", "500 credits")
     runner = demo.Demo("postgresql://unused", "http://unused", "whsec_x")
     runner.results.append(
-        demo.StepResult("sign up", "-", "-", "created", demo.Balance(500, 0, 500, None, None))
+        demo.StepResult(
+            "sign up", "-", "-", "created", demo.Balance(500, 0, 500, 0, 500, None, None)
+        )
     )
     path = tmp_path / "summary.json"
     demo.write_summary(path, catalog, runner, reconciled=True)

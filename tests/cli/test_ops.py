@@ -189,13 +189,14 @@ def test_link_applies_the_parked_events_of_the_customer(database_url, db, capsys
     assert plan_credits(db, user_id) == 1000
 
 
-def test_reviews_lists_a_refund_of_a_subscription_invoice(database_url, db, capsys):
+def test_reviews_lists_a_refund_of_an_earlier_periods_invoice(database_url, db, capsys):
     world = StripeWorld()
     user_id = create_user(db)
     sub, events = world.subscribe(world.customer(user_id=str(user_id)), STARTER_PRICE)
-    for event in events:
+    first_payment = sub.payments[0]
+    for event in events + world.renew(sub):
         apply_event(db, event)
-    [refund] = world.refund(sub)
+    [refund] = world.refund(first_payment)
     assert apply_event(db, refund) == "applied"
     assert run_ops(database_url, "reviews", "--json") == 0
     [review] = json.loads(capsys.readouterr().out)
