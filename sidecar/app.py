@@ -86,7 +86,7 @@ async def stripe_api(app: web.Application) -> AsyncIterator[None]:
 async def token_verifier(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     jwks = JwksCache(config.jwks_url, app[HTTP], config.stripe_timeout) if config.jwks_url else None
-    app[TOKENS] = TokenVerifier(config.supabase_jwt_secret, jwks)
+    app[TOKENS] = TokenVerifier(config.supabase_jwt_secret, jwks, config.token_issuer)
     yield
 
 

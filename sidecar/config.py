@@ -67,6 +67,11 @@ class Config:
         return f"{self.app_base_url}/billing/cancel"
 
     @property
+    def token_issuer(self) -> str | None:
+        """The ``iss`` of the project's access tokens, checked when SUPABASE_URL is known."""
+        return f"{self.supabase_url}/auth/v1" if self.supabase_url else None
+
+    @property
     def portal_return_url(self) -> str:
         return f"{self.app_base_url}/billing"
 

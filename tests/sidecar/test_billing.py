@@ -12,6 +12,7 @@ import pytest
 from sidecar.observability import JsonFormatter
 from sidecar.stripe_api import STRIPE_API_VERSION
 from tests.sidecar.conftest import (
+    JWT_SECRET,
     PACKS,
     PLANS,
     deliver_all,
@@ -314,3 +315,34 @@ async def test_concurrent_first_checkouts_share_one_customer(sidecar, fake_strip
     customers = {s.form["customer"] for s in fake_stripe.of_path("/v1/checkout/sessions")}
     profile = db.execute("select public.get_billing_profile(%s) as p", (user,)).fetchone()["p"]
     assert customers == {profile["customer_id"]}
+
+
+# -- token issuer ----------------------------------------------------------------------------
+
+PROJECT_URL = "https://project.supabase.co"
+
+
+async def test_a_token_from_the_projects_auth_is_accepted_when_supabase_url_is_set(
+    make_sidecar, make_user
+):
+    client = await make_sidecar(supabase_url=PROJECT_URL)
+    status, _ = await checkout(client, make_user(), {"pack": "pack_500"})
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    "issuer", ["https://other-project.supabase.co/auth/v1", f"{PROJECT_URL}/auth/v2", None]
+)
+async def test_a_token_from_another_issuer_is_401_when_supabase_url_is_set(
+    make_sidecar, fake_stripe, make_user, issuer
+):
+    client = await make_sidecar(supabase_url=PROJECT_URL)
+    user = make_user()
+    token = user_token(user, iss=issuer or "dropped")
+    if issuer is None:  # no iss claim at all
+        claims = jwt.decode(token, options={"verify_signature": False})
+        del claims["iss"]
+        token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+    status, answer = await checkout(client, user, {"pack": "pack_500"}, token=token)
+    assert (status, answer["error"]) == (401, "invalid token")
+    assert fake_stripe.requests == []
