@@ -9,6 +9,7 @@ import uuid
 import jwt
 import pytest
 
+from sidecar.context import CONFIG
 from sidecar.observability import JsonFormatter
 from sidecar.stripe_api import STRIPE_API_VERSION
 from tests.sidecar.conftest import (
@@ -30,8 +31,8 @@ async def checkout(client, user, body, token=None):
     return response.status, await response.json()
 
 
-async def portal(client, user):
-    headers = {"Authorization": f"Bearer {user_token(user)}"}
+async def portal(client, user, token=None):
+    headers = {"Authorization": f"Bearer {token or user_token(user)}"}
     response = await client.post("/billing/portal", headers=headers)
     return response.status, await response.json()
 
@@ -250,9 +251,11 @@ async def test_portal_stripe_failure_is_502(sidecar, fake_stripe, make_user):
 
 async def test_billing_works_over_postgrest(postgrest_sidecar, fake_postgrest, make_user):
     user = make_user()
-    status, _ = await checkout(postgrest_sidecar, user, {"pack": "pack_500"})
+    # SUPABASE_URL is the PostgREST stand-in's, so tokens must name it as issuer.
+    token = user_token(user, iss=postgrest_sidecar.app[CONFIG].token_issuer)
+    status, _ = await checkout(postgrest_sidecar, user, {"pack": "pack_500"}, token=token)
     assert status == 200
-    assert (await portal(postgrest_sidecar, user))[0] == 200
+    assert (await portal(postgrest_sidecar, user, token=token))[0] == 200
     called = {name for name, _ in fake_postgrest.calls}
     assert {"get_billing_profile", "credit_packs", "link_stripe_customer"} <= called
 
