@@ -132,12 +132,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers. The answer names nothing internal (it is public)."""
     try:
         await request.app[DATABASE].ping()
     except DatabaseUnavailable:
         return error(503, "database unavailable")
-    except Exception as problem:  # a refusal is still "not ready"
-        return error(503, f"database not ready ({type(problem).__name__})")
+    except Exception as problem:  # a refusal is still "not ready"; the why goes to the log
+        logger().warning("readiness check failed", extra={"error": type(problem).__name__})
+        return error(503, "database unavailable")
     return ok({"status": "ready"})
 
 

@@ -31,6 +31,16 @@ async def test_readyz_is_503_without_a_database(make_sidecar, unused_tcp_port):
     assert response.status == 503
 
 
+async def test_readyz_names_nothing_internal_when_the_database_refuses(
+    make_sidecar, pg_server, database_url
+):
+    # A role that does not exist: the server answers, but refuses the connection.
+    refused = pg_server.dsn(database_url.rsplit("/", 1)[1], user="no_such_role")
+    client = await make_sidecar(database_url=refused)
+    response = await client.get("/readyz")
+    assert (response.status, await response.json()) == (503, {"error": "database unavailable"})
+
+
 async def test_metrics_count_events_by_type_and_outcome(sidecar, make_user):
     user = make_user()
     w = world()
