@@ -16,9 +16,8 @@ from tests.sidecar.conftest import (
     JWT_SECRET,
     PACKS,
     PLANS,
-    deliver_all,
+    subscribe,
     user_token,
-    world,
 )
 
 STARTER_PRICE, _ = PLANS["starter"]
@@ -136,20 +135,16 @@ async def test_non_json_body_is_400(sidecar, make_user):
 
 async def test_second_subscription_is_409(sidecar, fake_stripe, make_user):
     user = make_user()
-    w = world()
-    _, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
-    await deliver_all(sidecar, out)
+    await subscribe(sidecar, fake_stripe, user, STARTER_PRICE)
     status, answer = await checkout(sidecar, user, {"plan": "pro"})
     assert status == 409
     assert "portal" in answer["error"]
     assert fake_stripe.of_path("/v1/checkout/sessions") == []
 
 
-async def test_a_subscriber_may_still_buy_a_pack(sidecar, make_user):
+async def test_a_subscriber_may_still_buy_a_pack(sidecar, fake_stripe, make_user):
     user = make_user()
-    w = world()
-    _, out = w.subscribe(w.customer(user_id=str(user)), STARTER_PRICE)
-    await deliver_all(sidecar, out)
+    await subscribe(sidecar, fake_stripe, user, STARTER_PRICE)
     status, _ = await checkout(sidecar, user, {"pack": "pack_500"})
     assert status == 200
 
