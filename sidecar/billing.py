@@ -105,9 +105,10 @@ async def checkout(request: web.Request) -> web.Response:
         raise Refusal(409, "already subscribed; change plans in the customer portal")
     customer_id = profile.get("customer_id") or await _new_customer(request, user_id)
     params = checkout_params(request.app[CONFIG], purchase, price_id, user_id, customer_id)
-    url = await request.app[STRIPE].create_checkout_session(
+    session = await request.app[STRIPE].create_checkout_session(
         params, idempotency_key=f"tally-checkout-{user_id}-{uuid.uuid4()}"
     )
+    url = session.url
     logger().info(
         "checkout session created",
         extra={"user_id": user_id, "kind": purchase.kind, "key": purchase.key},
