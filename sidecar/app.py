@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar import billing, cors, webhooks
+from sidecar import billing, cors, metrics, webhooks
 from sidecar.auth import JwksCache, TokenVerifier
 from sidecar.config import Config
 from sidecar.context import CONFIG, DATABASE, HTTP, METRICS, STRIPE, TOKENS
@@ -37,7 +36,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_route("OPTIONS", "/billing/portal", cors.preflight)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    metrics.add_routes(app, config)
     return app
 
 
@@ -124,7 +123,7 @@ async def no_500_leaks(request: web.Request, handler: Handler) -> web.StreamResp
         return error(500, "internal error")
 
 
-# -- health and metrics ------------------------------------------------------------------
+# -- health ------------------------------------------------------------------
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -141,8 +140,3 @@ async def readyz(request: web.Request) -> web.Response:
         logger().warning("readiness check failed", extra={"error": type(problem).__name__})
         return error(503, "database unavailable")
     return ok({"status": "ready"})
-
-
-async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
