@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from sidecar import billing, cors, metrics, webhooks
+from sidecar import billing, bodies, cors, metrics, webhooks
 from sidecar.auth import JwksCache, TokenVerifier
 from sidecar.config import Config
 from sidecar.context import CONFIG, DATABASE, HTTP, METRICS, STRIPE, TOKENS
@@ -24,7 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         client_max_size=webhooks.MAX_BODY_BYTES,
-        middlewares=[count_responses, cors.cors_headers, no_500_leaks],
+        middlewares=[count_responses, cors.cors_headers, bodies.read_in_time, no_500_leaks],
     )
     app[CONFIG] = config
     app[METRICS] = Metrics()
