@@ -185,19 +185,19 @@ class StripeApi:
             raise StripeUnavailable("Stripe returned a Checkout Session without a URL")
         return _session(session)
 
-    async def open_checkout_sessions(self, customer_id: str) -> list[CheckoutSession]:
-        """Every open Checkout Session of the customer (all pages), newest first."""
-        params: CheckoutSessionListParams = {
-            "customer": customer_id,
-            "status": "open",
-            "limit": LIST_PAGE_SIZE,
-        }
+    async def customer_checkout_sessions(self, customer_id: str) -> list[CheckoutSession]:
+        """The customer's newest Checkout Sessions (one page of 100), newest first.
 
-        async def every_page() -> list[CheckoutSession]:
-            page = await self.client.v1.checkout.sessions.list_async(params)
-            return [_session(s) async for s in page.auto_paging_iter()]
-
-        return await self._call("list the open Checkout Sessions", every_page)
+        Open sessions live 24 hours at most, so all of them are on this page
+        unless a customer made a hundred sessions in a day; the newest, open
+        or not, anchors the next idempotency key.
+        """
+        params: CheckoutSessionListParams = {"customer": customer_id, "limit": LIST_PAGE_SIZE}
+        page = await self._call(
+            "list the customer's Checkout Sessions",
+            lambda: self.client.v1.checkout.sessions.list_async(params),
+        )
+        return [_session(s) for s in page.data]
 
     async def expire_checkout_session(self, session_id: str) -> None:
         options: RequestOptions = {"idempotency_key": f"tally-expire-{session_id}"}

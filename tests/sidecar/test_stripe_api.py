@@ -76,7 +76,7 @@ async def test_invoice_lines_reads_every_page_as_stripe_sent_it(api, stand_in):
     invoice, lines = invoice_with_lines(250)
     stand_in.add_invoice(invoice, lines)
     assert await api.invoice_lines("in_many") == lines
-    pages = stand_in.of_path("/v1/invoices/in_many/lines")
+    pages = stand_in.of_path("/v1/invoices/in_many/lines", "GET")
     assert [p.form for p in pages] == [
         {"limit": "100"},
         {"limit": "100", "starting_after": "il_0099"},
@@ -136,7 +136,7 @@ async def test_undelivered_events_sends_the_filters_and_follows_the_cursor(api, 
     got = [e async for e in api.list_undelivered_events(HANDLED, NOW - 86400)]
     assert [e["id"] for e in got] == [e["id"] for e in reversed(events)]  # newest first
     assert got[0] == events[-1]
-    first, second = stand_in.of_path("/v1/events")
+    first, second = stand_in.of_path("/v1/events", "GET")
     expected = {
         "delivery_success": "false",
         "types[0]": "invoice.paid",

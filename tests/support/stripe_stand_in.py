@@ -77,6 +77,7 @@ class StripeRequest:
 class Failure:
     kind: FailureKind
     path: str | None  # None: any path
+    method: str | None  # None: any method
 
 
 @dataclass
@@ -148,12 +149,20 @@ class StripeStandIn:
             app.router.add_route(method, path, self._endpoint(handler))
         return app
 
-    def fail_next(self, count: int = 1, kind: FailureKind = "500", *, path: str | None = None):
-        """The next ``count`` calls (to ``path``, or any) fail this way."""
-        self._failures.extend(Failure(kind, path) for _ in range(count))
+    def fail_next(
+        self,
+        count: int = 1,
+        kind: FailureKind = "500",
+        *,
+        path: str | None = None,
+        method: str | None = None,
+    ) -> StripeStandIn:
+        """The next ``count`` calls (to ``method`` ``path``, or any) fail this way."""
+        self._failures.extend(Failure(kind, path, method) for _ in range(count))
         return self
 
-    def of_path(self, path: str, method: str | None = None) -> list[StripeRequest]:
+    def of_path(self, path: str, method: str | None = "POST") -> list[StripeRequest]:
+        """The requests to ``path``: the writes by default, ``method=None`` for all."""
         return [r for r in self.requests if r.path == path and method in (None, r.method)]
 
     def add(self, obj: JSON) -> JSON:
@@ -246,7 +255,7 @@ class StripeStandIn:
         return recorded
 
     async def _misbehave(self, request: web.Request) -> web.StreamResponse | None:
-        failure = self._take_failure(request.path)
+        failure = self._take_failure(request.method, request.path)
         if self.hang or (failure and failure.kind == "hang"):
             await asyncio.sleep(self.hang_seconds)
         if failure and failure.kind == "drop":
@@ -258,9 +267,9 @@ class StripeStandIn:
             return None
         return error_response(_injected(status), "req_fake_failure")
 
-    def _take_failure(self, path: str) -> Failure | None:
+    def _take_failure(self, method: str, path: str) -> Failure | None:
         for failure in self._failures:
-            if failure.path in (None, path):
+            if failure.path in (None, path) and failure.method in (None, method):
                 self._failures.remove(failure)
                 return failure
         return None
