@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from sidecar import billing, bodies, cors, metrics, webhooks
+from sidecar import billing, bodies, cors, metrics, plan_change, webhooks
 from sidecar.auth import JwksCache, TokenVerifier
 from sidecar.config import Config
 from sidecar.context import CONFIG, DATABASE, HTTP, METRICS, STRIPE, TOKENS
@@ -32,8 +32,9 @@ def create_app(config: Config) -> web.Application:
     app.router.add_post("/webhooks/stripe", webhooks.stripe_webhook)
     app.router.add_post("/billing/checkout", billing.checkout)
     app.router.add_post("/billing/portal", billing.portal)
-    app.router.add_route("OPTIONS", "/billing/checkout", cors.preflight)
-    app.router.add_route("OPTIONS", "/billing/portal", cors.preflight)
+    app.router.add_post("/billing/plan", plan_change.change_plan)
+    for path in ("/billing/checkout", "/billing/portal", "/billing/plan"):
+        app.router.add_route("OPTIONS", path, cors.preflight)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     metrics.add_routes(app, config)
