@@ -276,7 +276,7 @@ async def test_billing_profile_and_catalog_read_the_same_on_both(transport, make
 
 
 async def test_direct_transport_acting_as_service_role_keeps_grants(database_url, make_user):
-    # DATABASE_ROLE=service_role: the grants of SPEC 4 apply, as through PostgREST.
+    # DATABASE_ROLE=service_role: the service role's grants apply, as through PostgREST.
     database = await PostgresDatabase.open(database_url, timeout=3, role="authenticated")
     try:
         with pytest.raises(DatabaseError) as refused:

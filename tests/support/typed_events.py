@@ -190,7 +190,7 @@ def envelope(
 def unhandled_event(
     event_type: str = "customer.created", *, event_id: str | None = None
 ) -> dict[str, Any]:
-    """An event of a type the engine does not handle (SPEC 3: acknowledged, ignored)."""
+    """An event of a type the engine does not handle (acknowledged, ignored)."""
     customer_id = new_id("cus")
     return envelope(
         event_type,
