@@ -523,3 +523,11 @@ async def test_the_rate_limit_is_shared_by_every_machine(make_sidecar, make_user
     user = make_user()
     statuses = [(await portal(machines[n % 2], user))[0] for n in range(5)]
     assert statuses == [404, 404, 404, 404, 429]
+
+
+async def test_a_hanging_stripe_is_a_502_within_the_time_budget(sidecar, fake_stripe, make_user):
+    fake_stripe.hang = True
+    started = asyncio.get_running_loop().time()
+    status, _ = await checkout(sidecar, make_user(), {"plan": "starter"})
+    assert status == 502
+    assert asyncio.get_running_loop().time() - started < 1.5  # STRIPE_TIMEOUT is 1 s here

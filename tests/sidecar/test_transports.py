@@ -306,3 +306,12 @@ async def test_plans_billing_leases_and_rate_limits_work_the_same_on_both(transp
     second = await transport.hit_billing_rate_limit(user, 1, 60)
     assert (first.allowed, second.allowed) == (True, False)
     assert 0 < second.retry_after <= 60
+
+
+def test_a_billing_lease_expires_by_itself(db, make_user):
+    user = make_user()
+    take = "select public.acquire_billing_lock(%s, %s, %s) as taken"
+    assert db.execute(take, (user, "crashed-machine", 1)).fetchone()["taken"] is True
+    assert db.execute(take, (user, "other", 30)).fetchone()["taken"] is False
+    db.execute("update tally.billing_locks set expires_at = now() - interval '1 second'")
+    assert db.execute(take, (user, "other", 30)).fetchone()["taken"] is True
