@@ -118,3 +118,28 @@ async def test_webhook_endpoint_secret_is_returned_only_on_creation(http):
     assert created["secret"].startswith("whsec_")
     listed = await (await http.get("/v1/webhook_endpoints", headers=AUTH)).json()
     assert "secret" not in listed["data"][0]
+
+
+async def test_reconciliation_lists_filter_seeded_objects(http, stand_in):
+    from tally import stripe_events as se
+
+    for n, status in enumerate(["paid", "open", "paid"]):
+        stand_in.add_invoice(
+            se.invoice(
+                layout="basil",
+                id=f"in_{n}",
+                customer="cus_1",
+                subscription=None,
+                subscription_metadata=None,
+                lines=[],
+                status=status,
+                created=1000 + n,
+                billing_reason="manual",
+            )
+        )
+    paid = await (await http.get("/v1/invoices?status=paid&created[gte]=1001", headers=AUTH)).json()
+    assert [i["id"] for i in paid["data"]] == ["in_2"]
+    stand_in.add_dispute(se.dispute(id="dp_1", charge="ch_1", payment_intent=None, amount=5,
+                                    status="needs_response", created=7))  # fmt: skip
+    disputes = await (await http.get("/v1/disputes?charge=ch_1", headers=AUTH)).json()
+    assert [d["id"] for d in disputes["data"]] == ["dp_1"]

@@ -171,6 +171,22 @@ class StripeStandIn:
         self.objects.setdefault(stored["object"], {})[stored["id"]] = stored
         return stored
 
+    # Readable names for seeding; each stores the object as Stripe holds it.
+    def add_customer(self, customer: JSON) -> JSON:
+        return self.add(customer)
+
+    def add_subscription(self, subscription: JSON) -> JSON:
+        return self.add(subscription)
+
+    def add_checkout_session(self, session: JSON) -> JSON:
+        return self.add(session)
+
+    def add_refund(self, refund: JSON) -> JSON:
+        return self.add(refund)
+
+    def add_dispute(self, dispute: JSON) -> JSON:
+        return self.add(dispute)
+
     def add_event(self, event: JSON, *, delivered: bool = False) -> JSON:
         """An event of the Events API; undelivered unless told (what replay looks for)."""
         stored = self.add(event)
