@@ -166,7 +166,7 @@ def ensure_portal(client: stripe.StripeClient, products: list[JSON]) -> Outcome:
     hint = "set STRIPE_PORTAL_CONFIGURATION={} so /billing/portal uses it"
     if not mine:
         created = client.v1.billing_portal.configurations.create(
-            {"features": features, "metadata": {TAG: PORTAL_TAG}}  # type: ignore[typeddict-item]
+            {"features": features, "metadata": {TAG: PORTAL_TAG}}
         )
         return Outcome("portal configuration", created.id, "created", (hint.format(created.id),))
     current = mine[0]
@@ -174,7 +174,7 @@ def ensure_portal(client: stripe.StripeClient, products: list[JSON]) -> Outcome:
         return Outcome("portal configuration", current["id"], "unchanged")
     client.v1.billing_portal.configurations.update(
         current["id"],
-        {"features": features},  # type: ignore[typeddict-item]
+        {"features": features},
     )
     return Outcome("portal configuration", current["id"], "updated", (hint.format(current["id"]),))
 
@@ -210,7 +210,7 @@ def ensure_webhook_endpoint(client: stripe.StripeClient, url: str) -> Outcome:
         endpoint["id"],
         {
             "url": url,
-            "enabled_events": list(WEBHOOK_EVENTS),  # type: ignore[typeddict-item]
+            "enabled_events": list(WEBHOOK_EVENTS),
             "disabled": False,
             "metadata": {TAG: WEBHOOK_TAG},
         },
@@ -222,7 +222,7 @@ def _create_endpoint(client: stripe.StripeClient, url: str) -> Outcome:
     created = client.v1.webhook_endpoints.create(
         {
             "url": url,
-            "enabled_events": list(WEBHOOK_EVENTS),  # type: ignore[typeddict-item]
+            "enabled_events": list(WEBHOOK_EVENTS),
             "api_version": STRIPE_API_VERSION,
             "description": "tally credits",
             "metadata": {TAG: WEBHOOK_TAG},
