@@ -18,6 +18,8 @@ def main() -> int:
     except ConfigError as problem:
         print(problem, file=sys.stderr)
         return 2
+    for warning in config.warnings:
+        logger().warning(warning)
     logger().info(
         "sidecar starting",
         extra={"port": config.port, "env": config.env, "transport": config.transport},

@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar import billing, cors, webhooks
+from sidecar import billing, bodies, cors, metrics, plan_change, webhooks
 from sidecar.auth import JwksCache, TokenVerifier
 from sidecar.config import Config
 from sidecar.context import CONFIG, DATABASE, HTTP, METRICS, STRIPE, TOKENS
@@ -25,7 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         client_max_size=webhooks.MAX_BODY_BYTES,
-        middlewares=[count_responses, cors.cors_headers, no_500_leaks],
+        middlewares=[count_responses, cors.cors_headers, bodies.read_in_time, no_500_leaks],
     )
     app[CONFIG] = config
     app[METRICS] = Metrics()
@@ -33,11 +32,12 @@ def create_app(config: Config) -> web.Application:
     app.router.add_post("/webhooks/stripe", webhooks.stripe_webhook)
     app.router.add_post("/billing/checkout", billing.checkout)
     app.router.add_post("/billing/portal", billing.portal)
-    app.router.add_route("OPTIONS", "/billing/checkout", cors.preflight)
-    app.router.add_route("OPTIONS", "/billing/portal", cors.preflight)
+    app.router.add_post("/billing/plan", plan_change.change_plan)
+    for path in ("/billing/checkout", "/billing/portal", "/billing/plan"):
+        app.router.add_route("OPTIONS", path, cors.preflight)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    metrics.add_routes(app, config)
     return app
 
 
@@ -86,7 +86,7 @@ async def stripe_api(app: web.Application) -> AsyncIterator[None]:
 async def token_verifier(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     jwks = JwksCache(config.jwks_url, app[HTTP], config.stripe_timeout) if config.jwks_url else None
-    app[TOKENS] = TokenVerifier(config.supabase_jwt_secret, jwks)
+    app[TOKENS] = TokenVerifier(config.supabase_jwt_secret, jwks, config.token_issuer)
     yield
 
 
@@ -124,7 +124,7 @@ async def no_500_leaks(request: web.Request, handler: Handler) -> web.StreamResp
         return error(500, "internal error")
 
 
-# -- health and metrics ------------------------------------------------------------------
+# -- health ------------------------------------------------------------------
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -132,15 +132,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers. The answer names nothing internal (it is public)."""
     try:
         await request.app[DATABASE].ping()
     except DatabaseUnavailable:
         return error(503, "database unavailable")
-    except Exception as problem:  # a refusal is still "not ready"
-        return error(503, f"database not ready ({type(problem).__name__})")
+    except Exception as problem:  # a refusal is still "not ready"; the why goes to the log
+        logger().warning("readiness check failed", extra={"error": type(problem).__name__})
+        return error(503, "database unavailable")
     return ok({"status": "ready"})
-
-
-async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -3,8 +3,9 @@
 Tokens are JWTs signed either with the project's shared secret (HS256,
 ``SUPABASE_JWT_SECRET``) or with an asymmetric signing key (ES256/RS256)
 published at ``{SUPABASE_URL}/auth/v1/.well-known/jwks.json``. A token is
-accepted only if its signature, ``exp`` and audience verify and its role is
-``authenticated``; the user id is its ``sub`` and nothing else.
+accepted only if its signature, ``exp`` and audience verify, its issuer is
+the project's Auth (``{SUPABASE_URL}/auth/v1``, when SUPABASE_URL is set) and
+its role is ``authenticated``; the user id is its ``sub`` and nothing else.
 """
 
 from __future__ import annotations
@@ -86,9 +87,14 @@ class JwksCache:
 
 
 class TokenVerifier:
-    def __init__(self, hs256_secret: str | None, jwks: JwksCache | None) -> None:
+    def __init__(
+        self, hs256_secret: str | None, jwks: JwksCache | None, issuer: str | None = None
+    ) -> None:
         self.hs256_secret = hs256_secret
         self.jwks = jwks
+        # A token of another project (or another Auth) signed with a shared or
+        # leaked key is still not ours.
+        self.issuer = issuer
 
     async def user_id(self, authorization: str | None) -> str:
         """The verified user id (``sub``) of the request's bearer token."""
@@ -104,8 +110,9 @@ class TokenVerifier:
                 key,
                 algorithms=[algorithm],
                 audience=AUDIENCE,
+                issuer=self.issuer,
                 leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "sub"]},
+                options={"require": ["exp", "sub", *(["iss"] if self.issuer else [])]},
             )
         except jwt.ExpiredSignatureError:
             raise TokenError("token expired") from None

@@ -1,42 +1,54 @@
 """POST /billing/checkout and /billing/portal for signed-in users.
 
-The user id comes from the verified token only. Checkout writes the user id
-everywhere a later webhook may look for it (client_reference_id, session
-metadata, subscription or payment-intent metadata) and the bought price in
-``metadata.price_id``, which the engine needs for packs (Checkout webhooks
-carry no line items).
+Checkout writes the user id everywhere a later webhook may look for it
+(client_reference_id, session metadata, subscription or payment-intent
+metadata) and the bought price in ``metadata.price_id``, which the engine
+needs for packs (Checkout webhooks carry no line items).
+
+One subscription per user: plan checkouts of one user run one at a time
+across machines (``leases``); each looks at the customer's open sessions,
+answers the open one for the same plan again (a double click gets the same
+URL), expires open subscription sessions for other plans (only the newest
+plan asked for can be paid), and refuses (409) once the user has an active
+subscription. A pack reuses the open session of the same pack, so a double
+click buys once; different packs may be bought side by side.
+
+Idempotency keys are derived from the logical request: the user, the price,
+the newest session Stripe lists for the customer (it changes whenever a
+session is made) and a ten-minute window (so a failure Stripe recorded for a
+key is not replayed to the user for long).
 """
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Awaitable, Callable
+import hashlib
+import time
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 from stripe.params.checkout import SessionCreateParams as CheckoutSessionParams
 
-from sidecar.auth import KeysUnavailable, TokenError
+from sidecar.billing_guard import (
+    Caller,
+    Refusal,
+    answers_refusals,
+    billing_profile,
+    caller,
+    is_catalog_key,
+    read_json_object,
+)
 from sidecar.config import Config
-from sidecar.context import CONFIG, DATABASE, STRIPE, TOKENS
-from sidecar.db import CatalogKind, DatabaseError, DatabaseUnavailable
+from sidecar.context import CONFIG, DATABASE, STRIPE
+from sidecar.db import CatalogKind
+from sidecar.leases import LeaseBusy, billing_lease
 from sidecar.observability import logger
-from sidecar.responses import error, ok
-from sidecar.stripe_api import StripeUnavailable
+from sidecar.responses import ok
+from sidecar.stripe_api import CheckoutSession
 
-MAX_REQUEST_BYTES = 4096
-Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
-class Refusal(Exception):
-    """A deliberate non-200 answer."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+PURCHASE_SHAPE = '{"plan": "<key>"} or {"pack": "<key>"}'
+# A session about to expire is not handed out again: the user needs time to pay.
+REUSE_MARGIN_SECONDS = 600
+KEY_WINDOW_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -44,75 +56,101 @@ class Purchase:
     kind: CatalogKind
     key: str
 
-
-def answers_refusals(handler: Handler) -> Handler:
-    """Turn the failures every billing handler shares into their statuses."""
-
-    async def wrapped(request: web.Request) -> web.Response:
-        try:
-            return await handler(request)
-        except Refusal as refusal:
-            return error(refusal.status, refusal.reason)
-        except TokenError as problem:
-            return error(401, problem.reason)
-        except KeysUnavailable:
-            return error(503, "cannot verify tokens right now; retry later")
-        except StripeUnavailable as problem:
-            return error(502, problem.reason)
-        except DatabaseUnavailable:
-            return error(503, "database unavailable; retry later")
-        except DatabaseError as problem:
-            logger().warning(
-                "database refused a billing call", extra={"sqlstate": problem.sqlstate}
-            )
-            return error(503, "database error; retry later")
-
-    return wrapped
+    @property
+    def mode(self) -> str:
+        return "subscription" if self.kind == "plan" else "payment"
 
 
 async def read_purchase(request: web.Request) -> Purchase:
     """``{"plan": key}`` or ``{"pack": key}``, and nothing else."""
-    body = await request.content.read(MAX_REQUEST_BYTES + 1)
-    if len(body) > MAX_REQUEST_BYTES:
-        raise Refusal(413, "request body too large")
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        raise Refusal(400, 'body must be JSON: {"plan": "<key>"} or {"pack": "<key>"}') from None
-    if not isinstance(document, dict) or len(document) != 1:
+    document = await read_json_object(request, PURCHASE_SHAPE)
+    if len(document) != 1:
         raise Refusal(400, 'body must name exactly one of "plan" or "pack"')
     ((kind, key),) = document.items()
-    if kind not in ("plan", "pack") or not isinstance(key, str) or not 0 < len(key) <= 100:
+    if not is_catalog_key(key):
         raise Refusal(400, 'body must name exactly one of "plan" or "pack" by its key')
-    return Purchase(kind, key)
-
-
-async def _user(request: web.Request) -> tuple[str, dict[str, Any]]:
-    """The verified user id and their billing profile."""
-    user_id = await request.app[TOKENS].user_id(request.headers.get("Authorization"))
-    profile = await request.app[DATABASE].get_billing_profile(user_id)
-    if not profile.get("user_exists"):
-        raise TokenError("user does not exist")
-    return user_id, profile
+    if kind == "plan":
+        return Purchase("plan", key)
+    if kind == "pack":
+        return Purchase("pack", key)
+    raise Refusal(400, 'body must name exactly one of "plan" or "pack" by its key')
 
 
 @answers_refusals
 async def checkout(request: web.Request) -> web.Response:
-    user_id, profile = await _user(request)
+    user = await caller(request)
     purchase = await read_purchase(request)
     price_id = await _active_price(request, purchase)
-    if purchase.kind == "plan" and profile.get("has_active_subscription"):
-        raise Refusal(409, "already subscribed; change plans in the customer portal")
-    customer_id = profile.get("customer_id") or await _new_customer(request, user_id)
-    params = checkout_params(request.app[CONFIG], purchase, price_id, user_id, customer_id)
-    url = await request.app[STRIPE].create_checkout_session(
-        params, idempotency_key=f"tally-checkout-{user_id}-{uuid.uuid4()}"
-    )
+    if purchase.kind == "plan":
+        session = await _plan_checkout(request, user, purchase, price_id)
+    else:
+        session = await _checkout(request, user, purchase, price_id)
     logger().info(
-        "checkout session created",
-        extra={"user_id": user_id, "kind": purchase.kind, "key": purchase.key},
+        "checkout session answered",
+        extra={"user_id": user.user_id, "kind": purchase.kind, "key": purchase.key},
     )
-    return ok({"url": url})
+    return ok({"url": session.url})
+
+
+async def _plan_checkout(
+    request: web.Request, user: Caller, purchase: Purchase, price_id: str
+) -> CheckoutSession:
+    config = request.app[CONFIG]
+    try:
+        async with billing_lease(
+            request.app[DATABASE],
+            user.user_id,
+            ttl_seconds=int(6 * config.stripe_timeout) + 5,
+            wait_seconds=2 * config.stripe_timeout,
+        ):
+            # Read again under the lease: a subscription may have started meanwhile.
+            current = await billing_profile(request, user.user_id)
+            if current.profile.get("has_active_subscription"):
+                raise Refusal(
+                    409, "already subscribed; change plans with /billing/plan or in the portal"
+                )
+            return await _checkout(request, current, purchase, price_id)
+    except LeaseBusy:
+        raise Refusal(409, "another checkout for this user is in progress; retry shortly") from None
+
+
+async def _checkout(
+    request: web.Request, user: Caller, purchase: Purchase, price_id: str
+) -> CheckoutSession:
+    stripe = request.app[STRIPE]
+    customer_id = user.customer_id or await _new_customer(request, user.user_id)
+    sessions = await stripe.customer_checkout_sessions(customer_id)
+    ours = [s for s in sessions if _is_open_session_of(s, user.user_id, purchase.mode)]
+    reusable = [s for s in ours if s.metadata.get("price_id") == price_id and _fresh(s)]
+    # Only one plan (and one session per pack) can stay payable.
+    stale = [s for s in ours if s.metadata.get("price_id") == price_id or purchase.kind == "plan"]
+    for session in stale:
+        if not reusable or session.id != reusable[0].id:
+            await stripe.expire_checkout_session(session.id)
+    if reusable:
+        return reusable[0]
+    params = checkout_params(request.app[CONFIG], purchase, price_id, user.user_id, customer_id)
+    key = checkout_key(user.user_id, price_id, sessions[0].id if sessions else None)
+    return await stripe.create_checkout_session(params, idempotency_key=key)
+
+
+def _is_open_session_of(session: CheckoutSession, user_id: str, mode: str) -> bool:
+    return (
+        session.status == "open"
+        and session.mode == mode
+        and session.metadata.get("user_id") == user_id
+    )
+
+
+def _fresh(session: CheckoutSession) -> bool:
+    return session.url is not None and session.expires_at > time.time() + REUSE_MARGIN_SECONDS
+
+
+def checkout_key(user_id: str, price_id: str, newest_session_id: str | None) -> str:
+    """The same for one logical request; new once a session was made or ten minutes passed."""
+    window = int(time.time() // KEY_WINDOW_SECONDS)
+    digest = hashlib.sha256(f"{price_id}|{newest_session_id}|{window}".encode()).hexdigest()
+    return f"tally-checkout-{user_id}-{digest[:32]}"
 
 
 async def _active_price(request: web.Request, purchase: Purchase) -> str:
@@ -151,12 +189,12 @@ def checkout_params(
 
 @answers_refusals
 async def portal(request: web.Request) -> web.Response:
-    user_id, profile = await _user(request)
-    customer_id = profile.get("customer_id")
-    if not customer_id:
+    user = await caller(request)
+    if not user.customer_id:
         raise Refusal(404, "no Stripe customer for this user; buy something first")
+    config = request.app[CONFIG]
     url = await request.app[STRIPE].create_portal_session(
-        customer_id, request.app[CONFIG].portal_return_url
+        user.customer_id, config.portal_return_url, config.stripe_portal_configuration
     )
-    logger().info("portal session created", extra={"user_id": user_id})
+    logger().info("portal session created", extra={"user_id": user.user_id})
     return ok({"url": url})

@@ -6,6 +6,8 @@ refuses to start; secret values are never part of a message or a repr.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -20,7 +22,27 @@ N = TypeVar("N", int, float)
 DEFAULT_PORT = 8080
 DEFAULT_DB_TIMEOUT = 5.0
 DEFAULT_STRIPE_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 10.0
+DEFAULT_REPLAY_INTERVAL = 600
+DEFAULT_BILLING_RATE_LIMIT = 10
+DEFAULT_BILLING_RATE_WINDOW = 60
 LOCAL_HOSTNAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+# Values of .env.example that must never reach production.
+PLACEHOLDER_MARKERS = ("replace_me", "your-project-ref")
+# Secrets that production checks for placeholders (names only; values are never shown).
+SECRET_VARIABLES = (
+    "STRIPE_WEBHOOK_SECRETS",
+    "STRIPE_SECRET_KEY",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "SUPABASE_JWT_SECRET",
+    "SUPABASE_URL",
+    "DATABASE_URL",
+    "METRICS_TOKEN",
+    "APP_WEBHOOK_SECRET",
+)
+MIN_WEBHOOK_SECRET_LENGTH = 32  # whsec_ included; Stripe's are longer
+MIN_JWT_SECRET_BYTES = 32  # HS256 wants a key at least as long as its hash
+MIN_METRICS_TOKEN_LENGTH = 32
 
 
 class ConfigError(Exception):
@@ -52,6 +74,21 @@ class Config:
     db_timeout: float = DEFAULT_DB_TIMEOUT
     stripe_timeout: float = DEFAULT_STRIPE_TIMEOUT
     db_pool_size: int = 10
+    # A body not fully arrived within this many seconds is answered 408.
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    # /metrics: with a bearer token on the main port, or alone on its own port.
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_port: int | None = None
+    # /billing/* calls per user and window (counted in the database, shared by machines).
+    billing_rate_limit: int = DEFAULT_BILLING_RATE_LIMIT
+    billing_rate_window: int = DEFAULT_BILLING_RATE_WINDOW
+    # The Customer Portal configuration `tally stripe-setup` made (else the account default).
+    stripe_portal_configuration: str | None = None
+    # Re-applying undelivered Stripe events, every this many seconds (0: never).
+    replay_interval: int = DEFAULT_REPLAY_INTERVAL
+    # Balance events for the app's backend, signed the Standard Webhooks way.
+    app_webhook_url: str | None = None
+    app_webhook_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -68,6 +105,14 @@ class Config:
         return None
 
     @property
+    def warnings(self) -> list[str]:
+        """Allowed but suspicious: logged at start-up, one line each."""
+        found = []
+        if self.env == "production" and self.stripe_secret_key.startswith(("sk_test_", "rk_test_")):
+            found.append("STRIPE_SECRET_KEY is a test-mode key in production")
+        return found
+
+    @property
     def success_url(self) -> str:
         return f"{self.app_base_url}/billing/success?session_id={{CHECKOUT_SESSION_ID}}"
 
@@ -76,8 +121,23 @@ class Config:
         return f"{self.app_base_url}/billing/cancel"
 
     @property
+    def token_issuer(self) -> str | None:
+        """The ``iss`` of the project's access tokens, checked when SUPABASE_URL is known."""
+        return f"{self.supabase_url}/auth/v1" if self.supabase_url else None
+
+    @property
     def portal_return_url(self) -> str:
         return f"{self.app_base_url}/billing"
+
+
+def _is_standard_webhook_secret(secret: str) -> bool:
+    key = secret.removeprefix("whsec_")
+    if key == secret or not key:
+        return False
+    try:
+        return bool(base64.b64decode(key, validate=True))
+    except (binascii.Error, ValueError):
+        return False
 
 
 def is_local_host(host: str) -> bool:
@@ -124,9 +184,24 @@ class _Reader:
             ),
             "db_pool_size": self.number("DB_POOL_SIZE", 10, int, 1, 200),
             "stripe_api_base": self.stripe_api_base(env),
+            "body_timeout": self.number("BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT, float, 0.1, 120),
+            "billing_rate_limit": self.number(
+                "BILLING_RATE_LIMIT", DEFAULT_BILLING_RATE_LIMIT, int, 1, 10_000
+            ),
+            "billing_rate_window": self.number(
+                "BILLING_RATE_WINDOW", DEFAULT_BILLING_RATE_WINDOW, int, 1, 86_400
+            ),
+            "replay_interval": self.number(
+                "REPLAY_INTERVAL", DEFAULT_REPLAY_INTERVAL, int, 0, 86_400
+            ),
+            "stripe_portal_configuration": self.portal_configuration(),
             **self.database(),
             **self.token_verification(),
+            **self.metrics(env),
+            **self.app_webhook(env),
         }
+        if env == "production":
+            self.production_checks(values)
         if self.problems:
             raise ConfigError(self.problems)
         return Config(**values)
@@ -176,6 +251,65 @@ class _Reader:
         if base and urlsplit(base).scheme not in ("http", "https"):
             self.problems.append("STRIPE_API_BASE must be an http(s) URL")
         return base.rstrip("/") if base else None
+
+    def portal_configuration(self) -> str | None:
+        configuration = self.get("STRIPE_PORTAL_CONFIGURATION")
+        if configuration and not configuration.startswith("bpc_"):
+            self.problems.append("STRIPE_PORTAL_CONFIGURATION must be a configuration id (bpc_...)")
+        return configuration
+
+    def metrics(self, env: Environment) -> dict[str, object]:
+        token = self.get("METRICS_TOKEN")
+        port = self.number("METRICS_PORT", 0, int, 1, 65535) if self.get("METRICS_PORT") else None
+        if port is not None and port == self.number("PORT", DEFAULT_PORT, int, 1, 65535):
+            self.problems.append("METRICS_PORT must differ from PORT")
+        if env == "production" and not token and port is None:
+            self.problems.append(
+                "set METRICS_TOKEN or METRICS_PORT: production never serves /metrics openly"
+            )
+        if env == "production" and token and len(token) < MIN_METRICS_TOKEN_LENGTH:
+            self.problems.append(
+                f"METRICS_TOKEN must have at least {MIN_METRICS_TOKEN_LENGTH} characters"
+            )
+        return {"metrics_token": token, "metrics_port": port}
+
+    def app_webhook(self, env: Environment) -> dict[str, object]:
+        url = self.get("APP_WEBHOOK_URL")
+        secret = self.get("APP_WEBHOOK_SECRET")
+        if bool(url) != bool(secret):
+            self.problems.append("APP_WEBHOOK_URL and APP_WEBHOOK_SECRET are needed together")
+        if secret and not _is_standard_webhook_secret(secret):
+            self.problems.append("APP_WEBHOOK_SECRET must be whsec_ followed by base64")
+        if url:
+            self.check_url("APP_WEBHOOK_URL", url, env)
+        return {"app_webhook_url": url, "app_webhook_secret": secret}
+
+    def check_url(self, name: str, url: str, env: Environment) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.problems.append(f"{name} must be an absolute http(s) URL")
+        elif env == "production" and parts.scheme != "https":
+            self.problems.append(f"{name} must use https in production")
+        elif env == "production" and is_local_host(parts.hostname):
+            self.problems.append(f"{name} points at this machine; not allowed in production")
+
+    def production_checks(self, values: dict[str, Any]) -> None:
+        """What production refuses beyond the shape checks (docs/deployment.md)."""
+        for name in SECRET_VARIABLES:
+            value = (self.get(name) or "").lower()
+            if any(marker in value for marker in PLACEHOLDER_MARKERS):
+                self.problems.append(f"{name} is a placeholder from .env.example")
+        for position, secret in enumerate(values["webhook_secrets"], start=1):
+            if len(secret) < MIN_WEBHOOK_SECRET_LENGTH:
+                self.problems.append(
+                    f"STRIPE_WEBHOOK_SECRETS entry {position} is too short for a signing secret"
+                    f" (whsec_ and at least {MIN_WEBHOOK_SECRET_LENGTH} characters)"
+                )
+        jwt_secret = values.get("supabase_jwt_secret")
+        if jwt_secret and len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            self.problems.append(
+                f"SUPABASE_JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes"
+            )
 
     def number(self, name: str, default: N, kind: Callable[[str], N], low: N, high: N) -> N:
         raw = self.get(name)

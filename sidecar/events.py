@@ -248,13 +248,16 @@ def _int(value: Any, path: str, low: int = 0, high: int = MAX_AMOUNT) -> int | N
     """A whole number in [low, high]; 5.0 counts as 5, as in JSON."""
     if value is None:
         return None
+    number: int
     if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
         raise Unreadable(f"{path} must be an integer")
-    if not low <= value <= high:
+    if not low <= number <= high:
         raise Unreadable(f"{path} is out of range")
-    return value
+    return number
 
 
 def _required_int(value: Any, path: str, low: int = 0, high: int = MAX_AMOUNT) -> int:
@@ -627,7 +630,7 @@ def read_subscription(env: Envelope, lines: list[JSON] | None = None) -> JSON:
     obj, p = env.obj, "data.object"
     _expect_object(obj, "subscription")
     items = _items(obj, p)
-    typed = {
+    typed: JSON = {
         "id": _required_text(obj.get("id"), f"{p}.id"),
         "customer_id": _ref(obj.get("customer"), f"{p}.customer"),
         "status": _choice(obj.get("status"), f"{p}.status", SUBSCRIPTION_STATUSES),

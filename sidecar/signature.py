@@ -15,6 +15,9 @@ from collections.abc import Sequence
 
 TOLERANCE_SECONDS = 300
 MAX_HEADER_LENGTH = 4096
+# Unix seconds have 10 digits until 2286; 12 leaves room and keeps the number
+# far inside a float, so the age check below can never overflow.
+MAX_TIMESTAMP_DIGITS = 12
 SCHEME = "v1"
 
 
@@ -40,11 +43,15 @@ def parse_header(header: str) -> tuple[int, list[str]]:
             timestamps.append(value)
         elif key == SCHEME:
             signatures.append(value)
-    if len(timestamps) != 1 or not timestamps[0].isascii() or not timestamps[0].isdigit():
+    if len(timestamps) != 1 or not _is_timestamp(timestamps[0]):
         raise SignatureError("Stripe-Signature header has no valid timestamp")
     if not signatures:
         raise SignatureError("Stripe-Signature header has no v1 signature")
     return int(timestamps[0]), signatures
+
+
+def _is_timestamp(text: str) -> bool:
+    return 0 < len(text) <= MAX_TIMESTAMP_DIGITS and text.isascii() and text.isdigit()
 
 
 def expected_signature(payload: bytes, secret: str, timestamp: int) -> str:

@@ -1,6 +1,6 @@
 """Apply the migrations with the real Supabase CLI and lint them (a CI step).
 
-SPEC 6: the migrations must apply unchanged with `supabase migration up
+The migrations must apply unchanged with `supabase migration up
 --db-url ...`. This installs the pinned CLI from npm into a temporary
 directory, starts a fresh local PostgreSQL holding only the Supabase
 stand-in (what a new Supabase project already has), runs the CLI's

@@ -31,6 +31,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "dev": Subcommand("keep the local stack running (for `stripe listen`)", "tally.dev"),
     "ops": Subcommand("operator jobs: events, retry, replay, reconcile, explain...", "tally.ops"),
     "bench": Subcommand("measure the engine's speed (docs/benchmarks.md)", "tally.bench_engine"),
+    "stripe-setup": Subcommand(
+        "create or update the Stripe portal configuration and webhook endpoint",
+        "tally.stripe_setup",
+    ),
 }
 
 

@@ -8,7 +8,7 @@ spending goes through public.spend_credits as the app's backend would call
 it; balances are read as the signed-in user reads them (row-level security).
 
 Each step's outcome and balances are printed and checked against the credit
-policy (SPEC 2); the command exits 1 if any step differs, 0 otherwise, and
+policy (docs/policy.md); the command exits 1 if any step differs, 0 otherwise, and
 stops everything it started, also on Ctrl-C.
 """
 
@@ -265,7 +265,7 @@ def load_catalog(dsn: str) -> Catalog:
 
 
 def play(demo: Demo, catalog: Catalog) -> None:
-    """One customer, from sign-up to cancellation (numbers: SPEC 2 and docs/policy.md)."""
+    """One customer, from sign-up to cancellation (numbers: docs/policy.md)."""
     c = catalog
     world = StripeWorld(
         layout="basil",

@@ -50,7 +50,7 @@ class StackError(RuntimeError):
 
 @dataclass
 class SidecarSettings:
-    """What the sidecar process is started with (SPEC 5's environment)."""
+    """What the sidecar process is started with (its environment, sidecar/README.md)."""
 
     database_url: str
     webhook_secrets: list[str]

@@ -11,6 +11,7 @@ with the SQLSTATE for anything the database refused.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 JSON = dict[str, Any]
@@ -39,7 +40,7 @@ def is_retryable(sqlstate: str | None) -> bool:
 
 
 class Database(Protocol):
-    """What the sidecar needs from the credit engine (SPEC 4)."""
+    """What the sidecar needs from the credit engine (docs/engine.md) and billing."""
 
     async def apply_stripe_event(self, event: JSON) -> JSON:
         """``public.apply_stripe_event(event jsonb)``: the outcome, durably recorded."""
@@ -50,7 +51,25 @@ class Database(Protocol):
         ...
 
     async def get_billing_profile(self, user_id: str) -> JSON:
-        """``public.get_billing_profile``: user_exists, customer_id, has_active_subscription."""
+        """``public.get_billing_profile``: user_exists, customer_id, active_subscription."""
+        ...
+
+    async def plans(self) -> list[Plan]:
+        """Every plan of the catalog (``public.plans``), active or not."""
+        ...
+
+    async def acquire_billing_lock(self, user_id: str, holder: str, ttl_seconds: int) -> bool:
+        """``public.acquire_billing_lock``: True when ``holder`` now holds the user's lease."""
+        ...
+
+    async def release_billing_lock(self, user_id: str, holder: str) -> None:
+        """``public.release_billing_lock``."""
+        ...
+
+    async def hit_billing_rate_limit(
+        self, user_id: str, max_calls: int, window_seconds: int
+    ) -> RateLimit:
+        """``public.hit_billing_rate_limit``: count one call of the user."""
         ...
 
     async def catalog_price(self, kind: CatalogKind, key: str) -> tuple[str, bool] | None:
@@ -65,3 +84,30 @@ class Database(Protocol):
 
 
 CATALOG_TABLES: dict[CatalogKind, str] = {"plan": "plans", "pack": "credit_packs"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    key: str
+    price_id: str
+    monthly_credits: int
+    active: bool
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    allowed: bool
+    retry_after: int
+
+
+def plan_of(row: JSON) -> Plan:
+    return Plan(
+        key=str(row["key"]),
+        price_id=str(row["stripe_price_id"]),
+        monthly_credits=int(row["monthly_credits"]),
+        active=bool(row["active"]),
+    )
+
+
+def rate_limit_of(value: JSON) -> RateLimit:
+    return RateLimit(allowed=bool(value["allowed"]), retry_after=int(value["retry_after"]))

@@ -18,7 +18,11 @@ from sidecar.db import (
     CatalogKind,
     DatabaseError,
     DatabaseUnavailable,
+    Plan,
+    RateLimit,
     is_retryable,
+    plan_of,
+    rate_limit_of,
 )
 
 # Failures of the connection itself, as opposed to errors the server reported.
@@ -85,6 +89,39 @@ class PostgresDatabase:
             return None
         price_id, active = json.loads(row)
         return price_id, active
+
+    async def plans(self) -> list[Plan]:
+        rows = await self._fetchval(
+            "select coalesce(json_agg(p order by p.key), '[]')::text from"
+            " (select key, stripe_price_id, monthly_credits, active from public.plans) p"
+        )
+        return [plan_of(row) for row in json.loads(rows)]
+
+    async def acquire_billing_lock(self, user_id: str, holder: str, ttl_seconds: int) -> bool:
+        return bool(
+            await self._fetchval(
+                "select public.acquire_billing_lock($1::text::uuid, $2, $3)",
+                user_id,
+                holder,
+                ttl_seconds,
+            )
+        )
+
+    async def release_billing_lock(self, user_id: str, holder: str) -> None:
+        await self._fetchval(
+            "select public.release_billing_lock($1::text::uuid, $2)", user_id, holder
+        )
+
+    async def hit_billing_rate_limit(
+        self, user_id: str, max_calls: int, window_seconds: int
+    ) -> RateLimit:
+        result = await self._fetchval(
+            "select public.hit_billing_rate_limit($1::text::uuid, $2, $3)::text",
+            user_id,
+            max_calls,
+            window_seconds,
+        )
+        return rate_limit_of(_json_object(result))
 
     async def ping(self) -> None:
         await self._fetchval("select 1")

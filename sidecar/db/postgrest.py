@@ -21,7 +21,11 @@ from sidecar.db import (
     CatalogKind,
     DatabaseError,
     DatabaseUnavailable,
+    Plan,
+    RateLimit,
     is_retryable,
+    plan_of,
+    rate_limit_of,
 )
 
 # PostgREST's own "cannot reach the database" codes (its error reference, group 0).
@@ -80,6 +84,23 @@ class PostgrestDatabase:
         if not rows:
             return None
         return rows[0]["stripe_price_id"], bool(rows[0]["active"])
+
+    async def plans(self) -> list[Plan]:
+        query = self.client.from_("plans").select("key,stripe_price_id,monthly_credits,active")
+        return [plan_of(row) for row in await self._execute(query)]
+
+    async def acquire_billing_lock(self, user_id: str, holder: str, ttl_seconds: int) -> bool:
+        params = {"user_id": user_id, "holder": holder, "ttl_seconds": ttl_seconds}
+        return bool(await self._rpc("acquire_billing_lock", params))
+
+    async def release_billing_lock(self, user_id: str, holder: str) -> None:
+        await self._rpc("release_billing_lock", {"user_id": user_id, "holder": holder})
+
+    async def hit_billing_rate_limit(
+        self, user_id: str, max_calls: int, window_seconds: int
+    ) -> RateLimit:
+        params = {"user_id": user_id, "max_calls": max_calls, "window_seconds": window_seconds}
+        return rate_limit_of(_json_object(await self._rpc("hit_billing_rate_limit", params)))
 
     async def ping(self) -> None:
         # A real round trip to the database, not just to PostgREST.

@@ -43,6 +43,12 @@ comment on function public.link_stripe_customer(uuid, text) is
 revoke all on function public.link_stripe_customer(uuid, text) from public, anon, authenticated;
 grant execute on function public.link_stripe_customer(uuid, text) to service_role;
 
+-- The billing customer is the one the sidecar created for the user (link
+-- source 'link_stripe_customer'), the oldest such link if several: a customer
+-- linked later by an event never takes over the portal or later checkouts.
+-- Only when the sidecar never made one, the oldest event-made link.
+-- active_subscription is the user's newest subscription that still counts
+-- (null when none); current_period_end in Unix seconds, as Stripe writes it.
 create function public.get_billing_profile(user_id uuid) returns jsonb
 language sql
 stable
@@ -53,16 +59,29 @@ as $$
     'user_exists', exists (select 1 from auth.users u where u.id = get_billing_profile.user_id),
     'customer_id', (select c.customer_id from tally.customers c
                      where c.user_id = get_billing_profile.user_id
-                     order by c.linked_at desc, c.customer_id
+                     order by c.source <> 'link_stripe_customer', c.linked_at, c.customer_id
                      limit 1),
     'has_active_subscription', exists (
       select 1 from tally.subscriptions s
        where s.user_id = get_billing_profile.user_id
-         and s.status in ('active', 'trialing', 'past_due', 'unpaid', 'paused')));
+         and s.status in ('active', 'trialing', 'past_due', 'unpaid', 'paused')),
+    'active_subscription', (
+      select jsonb_build_object(
+               'id', s.subscription_id,
+               'price_id', s.price_id,
+               'plan_key', p.key,
+               'status', s.status,
+               'current_period_end', extract(epoch from s.current_period_end)::bigint)
+        from tally.subscriptions s
+        left join public.plans p on p.stripe_price_id = s.price_id
+       where s.user_id = get_billing_profile.user_id
+         and s.status in ('active', 'trialing', 'past_due', 'unpaid', 'paused')
+       order by s.subscription_created_at desc nulls last, s.subscription_id
+       limit 1));
 $$;
 
 comment on function public.get_billing_profile(uuid) is
-  'For the sidecar: does the user exist, their Stripe customer, and whether they already subscribe.';
+  'For the sidecar: does the user exist, their billing customer, and their active subscription.';
 
 revoke all on function public.get_billing_profile(uuid) from public, anon, authenticated;
 grant execute on function public.get_billing_profile(uuid) to service_role;

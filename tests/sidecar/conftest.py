@@ -70,9 +70,21 @@ def user_token(
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
+def seed_catalog(stand_in: FakeStripe) -> None:
+    """The demo catalog's prices, as they exist in the Stripe account."""
+    for key, (price_id, _) in PLANS.items():
+        stand_in.add_price(price_id, product=f"prod_{key}", unit_amount=PRICES[price_id])
+    for key, (price_id, _) in PACKS.items():
+        stand_in.add_price(
+            price_id, product=f"prod_{key}", unit_amount=PRICES[price_id], recurring=False
+        )
+
+
 @pytest.fixture
 def fake_stripe() -> FakeStripe:
-    return FakeStripe()
+    stand_in = FakeStripe()
+    seed_catalog(stand_in)
+    return stand_in
 
 
 @pytest.fixture
@@ -156,6 +168,23 @@ async def deliver_all(client: TestClient, events: list[dict[str, Any]]) -> list[
         assert status == 200, (event["type"], answer)
         outcomes.append(answer["status"])
     return outcomes
+
+
+async def subscribe(
+    client: TestClient, stand_in: FakeStripe, user_id: uuid.UUID, price_id: str
+) -> tuple[se.StripeWorld, se.Subscription]:
+    """A user subscribed through Checkout: events delivered, Stripe's objects in the stand-in."""
+    w = world()
+    cust = w.customer(user_id=str(user_id))
+    sub, out = w.subscribe(cust, price_id)
+    await deliver_all(client, out)
+    stand_in.add(
+        se.customer(
+            id=cust.id, created=cust.created, email=cust.email, metadata={"user_id": str(user_id)}
+        )
+    )
+    stand_in.add(w.subscription_object(sub))
+    return w, sub
 
 
 def balance(db: psycopg.Connection, user_id: uuid.UUID) -> dict[str, Any]:

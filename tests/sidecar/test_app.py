@@ -31,6 +31,16 @@ async def test_readyz_is_503_without_a_database(make_sidecar, unused_tcp_port):
     assert response.status == 503
 
 
+async def test_readyz_names_nothing_internal_when_the_database_refuses(
+    make_sidecar, pg_server, database_url
+):
+    # A role that does not exist: the server answers, but refuses the connection.
+    refused = pg_server.dsn(database_url.rsplit("/", 1)[1], user="no_such_role")
+    client = await make_sidecar(database_url=refused)
+    response = await client.get("/readyz")
+    assert (response.status, await response.json()) == (503, {"error": "database unavailable"})
+
+
 async def test_metrics_count_events_by_type_and_outcome(sidecar, make_user):
     user = make_user()
     w = world()
@@ -56,6 +66,42 @@ async def test_metrics_count_responses_by_route_and_status(sidecar):
     text = await (await sidecar.get("/metrics")).text()
     assert 'tally_http_responses_total{route="/webhooks/stripe",status="400"} 1.0' in text
     assert 'tally_http_responses_total{route="unmatched",status="404"} 1.0' in text
+
+
+METRICS_TOKEN = "m" * 40
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong", f"Basic {METRICS_TOKEN}", f"Bearer {METRICS_TOKEN}x"]
+)
+async def test_metrics_with_a_token_refuse_anyone_without_it(make_sidecar, authorization):
+    client = await make_sidecar(metrics_token=METRICS_TOKEN)
+    headers = {"Authorization": authorization} if authorization else {}
+    response = await client.get("/metrics", headers=headers)
+    assert response.status == 401
+    assert "tally_" not in await response.text()
+
+
+async def test_metrics_with_a_token_answer_the_bearer(make_sidecar):
+    client = await make_sidecar(metrics_token=METRICS_TOKEN)
+    response = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert response.status == 200
+    assert "tally_http_responses_total" in await response.text()
+
+
+async def test_metrics_port_serves_metrics_and_the_main_port_does_not(
+    make_sidecar, unused_tcp_port
+):
+    client = await make_sidecar(metrics_port=unused_tcp_port, host="127.0.0.1")
+    assert (await client.get("/metrics")).status == 404
+    await client.get("/healthz")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{unused_tcp_port}/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+        async with http.get(f"http://127.0.0.1:{unused_tcp_port}/healthz") as other:
+            assert other.status == 404
+    assert 'tally_http_responses_total{route="/healthz",status="200"} 1.0' in text
 
 
 async def test_logs_one_json_line_per_event_without_payload_or_secrets(sidecar, make_user, caplog):
@@ -121,6 +167,37 @@ async def test_process_refuses_to_start_with_a_message_per_problem():
     assert "APP_BASE_URL must use https in production" in message
     assert "STRIPE_WEBHOOK_SECRETS is not set" in message
     assert "sk_live_topsecret" not in message
+
+
+async def test_process_in_production_warns_about_a_test_mode_key(
+    database_url, unused_tcp_port_factory
+):
+    port, metrics_port = unused_tcp_port_factory(), unused_tcp_port_factory()
+    process = await run_sidecar(
+        {
+            "ENV": "production",
+            "DATABASE_URL": database_url,
+            "STRIPE_WEBHOOK_SECRETS": "whsec_" + "k" * 40,
+            "STRIPE_SECRET_KEY": "sk_test_" + "s" * 30,
+            "APP_BASE_URL": "https://app.example.com",
+            "SUPABASE_JWT_SECRET": "j" * 40,
+            "METRICS_PORT": str(metrics_port),
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+        }
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_until_up(http, f"http://127.0.0.1:{port}/healthz")
+            async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                assert response.status == 200
+    finally:
+        process.terminate()
+        stdout, _ = await asyncio.wait_for(process.communicate(), 30)
+    logged = [json.loads(line) for line in stdout.decode().splitlines()]
+    (warning,) = [e for e in logged if e["level"] == "warning"]
+    assert warning["msg"] == "STRIPE_SECRET_KEY is a test-mode key in production"
+    assert "s" * 30 not in stdout.decode()
 
 
 async def test_process_starts_and_serves_signed_webhooks(database_url, unused_tcp_port, make_user):

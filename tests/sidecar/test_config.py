@@ -15,14 +15,25 @@ VALID = {
 }
 
 
-def config(**changes: str | None) -> Config:
-    env = {**VALID, **changes}
+# What a real production deployment looks like (fly.toml sets ENV and METRICS_PORT).
+PRODUCTION = {
+    **VALID,
+    "ENV": "production",
+    "STRIPE_WEBHOOK_SECRETS": "whsec_" + "a1B2c3D4" * 4,
+    "STRIPE_SECRET_KEY": "sk_live_" + "x" * 24,
+    "SUPABASE_JWT_SECRET": "j" * 40,
+    "METRICS_PORT": "9091",
+}
+
+
+def config(base: dict[str, str] = VALID, **changes: str | None) -> Config:
+    env = {**base, **changes}
     return Config.from_env({k: v for k, v in env.items() if v is not None})
 
 
-def problems(**changes: str | None) -> list[str]:
+def problems(base: dict[str, str] = VALID, **changes: str | None) -> list[str]:
     with pytest.raises(ConfigError) as caught:
-        config(**changes)
+        config(base, **changes)
     return caught.value.problems
 
 
@@ -62,7 +73,7 @@ def test_messages_never_contain_secret_values():
 
 
 def test_production_refuses_plain_http_app_base_url():
-    assert problems(ENV="production", APP_BASE_URL="http://app.example.com") == [
+    assert problems(PRODUCTION, APP_BASE_URL="http://app.example.com") == [
         "APP_BASE_URL must use https in production"
     ]
 
@@ -72,7 +83,7 @@ def test_production_refuses_plain_http_app_base_url():
     ["https://localhost:3000", "https://127.0.0.1", "https://[::1]:8443", "https://app.localhost"],
 )
 def test_production_refuses_localhost_app_base_url(url):
-    assert problems(ENV="production", APP_BASE_URL=url) == [
+    assert problems(PRODUCTION, APP_BASE_URL=url) == [
         "APP_BASE_URL points at this machine; not allowed in production"
     ]
 
@@ -112,5 +123,136 @@ def test_needs_a_way_to_verify_user_tokens():
 
 
 def test_production_refuses_a_stripe_stand_in():
-    found = problems(ENV="production", STRIPE_API_BASE="http://127.0.0.1:12111")
+    found = problems(PRODUCTION, STRIPE_API_BASE="http://127.0.0.1:12111")
     assert found == ["STRIPE_API_BASE (a Stripe stand-in) is not allowed in production"]
+
+
+# -- production refuses what only fits a laptop ---------------------------------------------
+
+
+def test_a_complete_production_environment_starts():
+    assert config(PRODUCTION).env == "production"
+
+
+@pytest.mark.parametrize(
+    ("name", "placeholder"),
+    [
+        ("STRIPE_WEBHOOK_SECRETS", "whsec_replace_me_replace_me_replace_me"),
+        ("STRIPE_SECRET_KEY", "sk_test_replace_me"),
+        ("SUPABASE_JWT_SECRET", "replace_me" * 4),
+        ("SUPABASE_SERVICE_ROLE_KEY", "replace_me"),
+        ("METRICS_TOKEN", "replace_me" * 4),
+    ],
+)
+def test_production_refuses_placeholders_of_env_example(name, placeholder):
+    assert f"{name} is a placeholder from .env.example" in problems(
+        PRODUCTION, **{name: placeholder}
+    )
+
+
+def test_development_accepts_placeholders():
+    assert config(STRIPE_SECRET_KEY="sk_test_replace_me").env == "development"
+
+
+def test_production_refuses_a_short_webhook_secret_by_position():
+    found = problems(PRODUCTION, STRIPE_WEBHOOK_SECRETS="whsec_" + "k" * 40 + ",whsec_short")
+    assert found == [
+        "STRIPE_WEBHOOK_SECRETS entry 2 is too short for a signing secret"
+        " (whsec_ and at least 32 characters)"
+    ]
+
+
+def test_production_refuses_an_hs256_secret_under_32_bytes():
+    assert problems(PRODUCTION, SUPABASE_JWT_SECRET="x" * 31) == [
+        "SUPABASE_JWT_SECRET is shorter than 32 bytes"
+    ]
+
+
+def test_production_needs_metrics_protected():
+    assert problems(PRODUCTION, METRICS_PORT=None) == [
+        "set METRICS_TOKEN or METRICS_PORT: production never serves /metrics openly"
+    ]
+    assert config(PRODUCTION, METRICS_PORT=None, METRICS_TOKEN="t" * 32).metrics_token
+
+
+def test_production_reports_every_problem_at_once_without_values():
+    found = problems(
+        PRODUCTION,
+        STRIPE_WEBHOOK_SECRETS="whsec_replace_me",
+        SUPABASE_JWT_SECRET="replace_me",
+        METRICS_PORT=None,
+    )
+    assert len(found) == 5, found  # two placeholders, a short secret, a short key, metrics
+    assert not any("whsec_replace_me" in line for line in found)
+
+
+def test_a_test_mode_key_in_production_is_a_warning_not_a_refusal():
+    cfg = config(PRODUCTION, STRIPE_SECRET_KEY="sk_test_" + "x" * 24)
+    assert cfg.warnings == ["STRIPE_SECRET_KEY is a test-mode key in production"]
+    assert config(PRODUCTION).warnings == []
+
+
+# -- settings for features wired elsewhere ---------------------------------------------------
+
+
+def test_defaults_of_the_optional_settings():
+    cfg = config()
+    assert (cfg.replay_interval, cfg.body_timeout) == (600, 10.0)
+    assert (cfg.billing_rate_limit, cfg.billing_rate_window) == (10, 60)
+    assert (cfg.metrics_token, cfg.metrics_port, cfg.app_webhook_url) == (None, None, None)
+
+
+def test_reads_the_optional_settings():
+    cfg = config(
+        REPLAY_INTERVAL="0",
+        BODY_TIMEOUT="2.5",
+        BILLING_RATE_LIMIT="3",
+        BILLING_RATE_WINDOW="10",
+        METRICS_PORT="9091",
+        APP_WEBHOOK_URL="https://backend.example.com/hooks",
+        APP_WEBHOOK_SECRET="whsec_c2VjcmV0LWtleS1ieXRlcw==",
+    )
+    assert (cfg.replay_interval, cfg.body_timeout, cfg.metrics_port) == (0, 2.5, 9091)
+    assert (cfg.billing_rate_limit, cfg.billing_rate_window) == (3, 10)
+    assert cfg.app_webhook_url == "https://backend.example.com/hooks"
+
+
+def test_app_webhook_url_and_secret_come_together():
+    assert problems(APP_WEBHOOK_URL="https://backend.example.com/hooks") == [
+        "APP_WEBHOOK_URL and APP_WEBHOOK_SECRET are needed together"
+    ]
+
+
+def test_app_webhook_secret_is_whsec_and_base64():
+    found = problems(APP_WEBHOOK_URL="https://b.example.com/h", APP_WEBHOOK_SECRET="whsec_not!b64")
+    assert found == ["APP_WEBHOOK_SECRET must be whsec_ followed by base64"]
+
+
+def test_production_app_webhook_url_must_be_https_and_not_local():
+    secret = "whsec_c2VjcmV0LWtleS1ieXRlcw=="
+    assert problems(
+        PRODUCTION, APP_WEBHOOK_URL="http://b.example.com/h", APP_WEBHOOK_SECRET=secret
+    ) == ["APP_WEBHOOK_URL must use https in production"]
+    assert problems(
+        PRODUCTION, APP_WEBHOOK_URL="https://localhost/h", APP_WEBHOOK_SECRET=secret
+    ) == ["APP_WEBHOOK_URL points at this machine; not allowed in production"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"REPLAY_INTERVAL": "-1"}, {"BODY_TIMEOUT": "0"}, {"BILLING_RATE_LIMIT": "0"},
+     {"METRICS_PORT": "8080"}, {"STRIPE_PORTAL_CONFIGURATION": "portal"}],
+)  # fmt: skip
+def test_rejects_out_of_range_settings(change):
+    assert len(problems(**change)) == 1
+
+
+def test_repr_never_shows_the_new_secrets():
+    text = repr(
+        config(
+            METRICS_TOKEN="metrics-token-value",
+            APP_WEBHOOK_URL="https://b.example.com/h",
+            APP_WEBHOOK_SECRET="whsec_c2VjcmV0LWtleS1ieXRlcw==",
+        )
+    )
+    assert "metrics-token-value" not in text and "c2VjcmV0" not in text

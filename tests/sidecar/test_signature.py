@@ -97,3 +97,9 @@ def test_rejects_a_non_ascii_signature_without_crashing():
 def test_rejects_everything_when_no_secret_is_configured():
     with pytest.raises(SignatureError):
         verify(BODY, sign(BODY, "whsec_current", NOW), (), now=NOW, tolerance=300)
+
+
+@pytest.mark.parametrize("digits", [13, 400, 4000])
+def test_rejects_a_timestamp_too_long_to_be_unix_seconds(digits):
+    with pytest.raises(SignatureError, match="no valid timestamp"):
+        check(f"t={'9' * digits},v1=00")

@@ -270,13 +270,14 @@ async def test_billing_profile_and_catalog_read_the_same_on_both(transport, make
         "user_exists": True,
         "customer_id": None,
         "has_active_subscription": False,
+        "active_subscription": None,
     }
     assert await transport.catalog_price("plan", "starter") == (STARTER_PRICE, True)
     assert await transport.catalog_price("pack", "nope") is None
 
 
 async def test_direct_transport_acting_as_service_role_keeps_grants(database_url, make_user):
-    # DATABASE_ROLE=service_role: the grants of SPEC 4 apply, as through PostgREST.
+    # DATABASE_ROLE=service_role: the service role's grants apply, as through PostgREST.
     database = await PostgresDatabase.open(database_url, timeout=3, role="authenticated")
     try:
         with pytest.raises(DatabaseError) as refused:
@@ -290,3 +291,28 @@ async def test_unhandled_types_need_no_database(make_sidecar, unused_tcp_port):
     client = await make_sidecar(database_url=f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/x")
     status, answer = await deliver(client, world().unhandled("invoice.created"))
     assert (status, answer["status"]) == (200, "ignored")
+
+
+async def test_plans_billing_leases_and_rate_limits_work_the_same_on_both(transport, make_user):
+    user = str(make_user())
+    assert {p.key: p.monthly_credits for p in await transport.plans()} == {
+        "starter": 1000,
+        "pro": 5000,
+    }
+    assert await transport.acquire_billing_lock(user, "machine-a", 30) is True
+    assert await transport.acquire_billing_lock(user, "machine-b", 30) is False
+    await transport.release_billing_lock(user, "machine-a")
+    assert await transport.acquire_billing_lock(user, "machine-b", 30) is True
+    first = await transport.hit_billing_rate_limit(user, 1, 60)
+    second = await transport.hit_billing_rate_limit(user, 1, 60)
+    assert (first.allowed, second.allowed) == (True, False)
+    assert 0 < second.retry_after <= 60
+
+
+def test_a_billing_lease_expires_by_itself(db, make_user):
+    user = make_user()
+    take = "select public.acquire_billing_lock(%s, %s, %s) as taken"
+    assert db.execute(take, (user, "crashed-machine", 1)).fetchone()["taken"] is True
+    assert db.execute(take, (user, "other", 30)).fetchone()["taken"] is False
+    db.execute("update tally.billing_locks set expires_at = now() - interval '1 second'")
+    assert db.execute(take, (user, "other", 30)).fetchone()["taken"] is True

@@ -83,6 +83,16 @@ async def test_rejects_malformed_signature_header(sidecar, event, db):
     assert stored_events(db) == 0
 
 
+async def test_a_400_digit_timestamp_is_a_400_not_a_500(sidecar, event, db):
+    body, _ = se.signed_request(event, WEBHOOK_SECRET)
+    header = f"t={'9' * 400},v1={'0' * 64}"
+    response = await sidecar.post(
+        "/webhooks/stripe", data=body, headers={"Stripe-Signature": header}
+    )
+    assert response.status == 400
+    assert stored_events(db) == 0
+
+
 async def test_rejects_missing_signature_header(sidecar, event, db):
     status, answer = await post_raw(sidecar, se.encode(event), {})
     assert (status, answer["error"]) == (400, "missing Stripe-Signature header")

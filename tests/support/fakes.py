@@ -3,10 +3,10 @@
 Both are small aiohttp servers speaking the real wire format, so the sidecar
 talks to them through its real clients (stripe-python, postgrest-py):
 
-- ``FakeStripe``: form-encoded POSTs to /v1/customers, /v1/checkout/sessions,
-  /v1/billing_portal/sessions, answered with objects shaped like Stripe's
-  fixtures; Stripe's error body and Request-Id header; every request recorded
-  (path, form, idempotency key, API version). It can fail (HTTP 500) or hang.
+- ``FakeStripe``: ``tests.support.stripe_stand_in.StripeStandIn`` (customers,
+  Checkout and Portal sessions, portal configurations, webhook endpoints,
+  subscriptions and schedules, invoices and their lines, events, refunds,
+  disputes; idempotency keys, errors and list pages as Stripe answers them).
 - ``FakePostgrest``: ``POST /rest/v1/rpc/<fn>`` and ``GET /rest/v1/<table>``
   with ``apikey`` and ``Authorization: Bearer <jwt>``; runs the call in the
   real Postgres as the token's role (``set local role`` + request.jwt.claims),
@@ -15,7 +15,6 @@ talks to them through its real clients (stripe-python, postgrest-py):
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,119 +23,15 @@ import asyncpg
 import jwt
 from aiohttp import web
 
-from tally import stripe_events as se
+from tests.support.stripe_stand_in import StripeRequest, StripeStandIn
+
+__all__ = ["FakePostgrest", "FakeStripe", "StripeRequest", "StripeStandIn"]
 
 # ----------------------------------------------------------------------------------
-# Stripe
+# Stripe: the stand-in lives in its own module; the old name stays for existing tests.
 # ----------------------------------------------------------------------------------
 
-
-@dataclass
-class StripeRequest:
-    method: str
-    path: str
-    form: dict[str, str]
-    idempotency_key: str | None
-    stripe_version: str | None
-    authorization: str | None
-
-
-@dataclass
-class FakeStripe:
-    """Records requests; ``fail_with`` (an HTTP status) or ``hang`` make it misbehave."""
-
-    requests: list[StripeRequest] = field(default_factory=list)
-    fail_with: int | None = None
-    hang: bool = False
-    ids: se.Ids = field(default_factory=lambda: se.Ids("fake-stripe"))
-    _by_idempotency_key: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/customers", self.customers)
-        app.router.add_post("/v1/checkout/sessions", self.checkout_sessions)
-        app.router.add_post("/v1/billing_portal/sessions", self.portal_sessions)
-        return app
-
-    def of_path(self, path: str) -> list[StripeRequest]:
-        return [r for r in self.requests if r.path == path]
-
-    async def _record(self, request: web.Request) -> StripeRequest | web.Response:
-        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
-        recorded = StripeRequest(
-            request.method,
-            request.path,
-            form,
-            request.headers.get("Idempotency-Key"),
-            request.headers.get("Stripe-Version"),
-            request.headers.get("Authorization"),
-        )
-        self.requests.append(recorded)
-        if self.hang:
-            await asyncio.sleep(3600)
-        if self.fail_with:
-            return web.json_response(
-                {"error": {"type": "api_error", "message": "An unknown error occurred"}},
-                status=self.fail_with,
-                headers={"Request-Id": "req_fake_failure"},
-            )
-        return recorded
-
-    def _respond(self, key: str | None, make: Any) -> web.Response:
-        # Stripe answers a repeated idempotency key with the first response.
-        if key and key in self._by_idempotency_key:
-            body = self._by_idempotency_key[key]
-        else:
-            body = make()
-            if key:
-                self._by_idempotency_key[key] = body
-        return web.json_response(body, headers={"Request-Id": self.ids.new("req")})
-
-    async def customers(self, request: web.Request) -> web.Response:
-        recorded = await self._record(request)
-        if isinstance(recorded, web.Response):
-            return recorded
-        metadata = {"user_id": recorded.form.get("metadata[user_id]", "")}
-        return self._respond(
-            recorded.idempotency_key,
-            lambda: se.customer(id=self.ids.new("cus"), created=1, metadata=metadata),
-        )
-
-    async def checkout_sessions(self, request: web.Request) -> web.Response:
-        recorded = await self._record(request)
-        if isinstance(recorded, web.Response):
-            return recorded
-        form = recorded.form
-
-        def make() -> dict[str, Any]:
-            return se.checkout_session(
-                id=self.ids.new("cs_test"),
-                mode=form["mode"],  # type: ignore[arg-type]
-                created=1,
-                payment_status="unpaid",
-                status="open",
-                customer=form.get("customer"),
-                client_reference_id=form.get("client_reference_id"),
-                metadata={k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")},
-                success_url=form["success_url"],
-                cancel_url=form["cancel_url"],
-            )
-
-        return self._respond(recorded.idempotency_key, make)
-
-    async def portal_sessions(self, request: web.Request) -> web.Response:
-        recorded = await self._record(request)
-        if isinstance(recorded, web.Response):
-            return recorded
-        return self._respond(
-            recorded.idempotency_key,
-            lambda: se.billing_portal_session(
-                id=self.ids.new("bps"),
-                customer=recorded.form["customer"],
-                created=1,
-                return_url=recorded.form["return_url"],
-            ),
-        )
+FakeStripe = StripeStandIn
 
 
 # ----------------------------------------------------------------------------------
