@@ -10,6 +10,7 @@ create policy "Users receive only their own credit balance"
   using (
     realtime.messages.extension = 'broadcast'
     and (select realtime.topic()) = 'credits:' || (select auth.uid())::text
+    and realtime.messages.topic = (select realtime.topic())
   );
 
 create function tally.broadcast_balance(p_account tally.accounts, p_held integer) returns void

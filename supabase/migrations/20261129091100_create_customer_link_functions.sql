@@ -6,6 +6,7 @@ create function public.link_stripe_customer(user_id uuid, customer_id text) retu
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '5s'
 as $$
 declare
   v_linked_user_id uuid;

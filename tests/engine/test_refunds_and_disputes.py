@@ -213,3 +213,35 @@ def test_refund_claws_back_from_the_buyer_even_if_the_customer_is_linked_to_anot
     assert engine.credits(buyer.user_id) == (500, 0)
     assert engine.credits(other) == (500, 0)
     assert engine.ledger(other, "subscription_refund") == []
+
+
+def test_a_won_pack_dispute_restores_credits_a_reversed_spend_paid_for_it(engine, buyer, key):
+    # The dispute could take only 200 of the pack's 500 credits (300 were
+    # spent); the reversed spend's 300 add-on credits then paid the
+    # shortfall. Winning gives back all 500: as if there had been no dispute.
+    purchase = bought(engine, buyer, "pack_500")
+    engine.spend(buyer.user_id, 800, key=key)  # 500 plan + 300 add-on
+    dispute_id = te.new_id("dp")
+    engine.apply(purchase.dispute(dispute_id=dispute_id, created=te.at(0, 10)))
+    assert engine.credits(buyer.user_id) == (0, 0)
+    engine.reverse(buyer.user_id, key)
+    assert engine.credits(buyer.user_id) == (500, 0)  # the add-on part paid the shortfall
+    won = purchase.dispute(dispute_id=dispute_id, status="won", closed=True, created=te.at(0, 20))
+    engine.apply(won)
+    assert engine.credits(buyer.user_id) == (500, 500)
+    (row,) = engine.ledger(buyer.user_id, "dispute_reinstated")
+    assert row["addon_delta"] == 500
+
+
+def test_a_won_pack_dispute_forgives_what_it_could_not_take(engine, buyer, key, make_user):
+    purchase = bought(engine, buyer, "pack_500")
+    engine.spend(buyer.user_id, 900)  # everything but 100 add-on credits
+    dispute_id = te.new_id("dp")
+    engine.apply(purchase.dispute(dispute_id=dispute_id, created=te.at(0, 10)))
+    engine.apply(purchase.dispute(dispute_id=dispute_id, status="won", closed=True,
+                                  created=te.at(0, 20)))  # fmt: skip
+    assert engine.credits(buyer.user_id) == (0, 100)
+    engine.adjust(buyer.user_id, 50, "goodwill")
+    engine.spend(buyer.user_id, 10, key=key)
+    engine.reverse(buyer.user_id, key)
+    assert engine.credits(buyer.user_id) == (0, 150)  # nothing is owed any more

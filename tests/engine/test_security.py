@@ -283,3 +283,27 @@ def test_service_role_reads_every_balance(db, owner, stranger):
 def test_service_role_cannot_rewrite_balances_through_the_view(db, owner):
     with acting_as(db, "service_role"):
         assert sqlstate_of(db, "update public.credit_balances set plan_credits = 99999") is not None
+
+
+def test_a_function_created_later_in_public_is_executable_by_no_client(db):
+    # The migrations revoke Postgres' default EXECUTE for PUBLIC: a function
+    # the app (or a later migration) adds is closed until it is granted.
+    with db.transaction(force_rollback=True):
+        db.execute("create function public.later_addition() returns int language sql as 'select 1'")
+        for role in ("anon", "authenticated"):
+            row = db.execute(
+                "select has_function_privilege(%s, 'public.later_addition()', 'execute') as ok",
+                (role,),
+            ).fetchone()
+            assert row["ok"] is False, role
+
+
+def test_credit_changing_functions_bound_their_lock_waits(db):
+    rows = db.execute(
+        "select p.proname, p.proconfig from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+        " where n.nspname = 'public' and p.prosecdef and p.proname = any(%s)",
+        (list(FUNCTION_CALLS),),
+    ).fetchall()
+    unbounded = [r["proname"] for r in rows if not any(
+        c.startswith("lock_timeout=") for c in (r["proconfig"] or []))]  # fmt: skip
+    assert unbounded == [], unbounded

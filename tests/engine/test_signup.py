@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 
 from tally.migrate import MIGRATIONS, apply_migrations, apply_stand_in
 from tests.conftest import assert_balances_equal_ledger_sums, create_user
+from tests.support import typed_events as te
 
 
 def test_new_user_gets_the_signup_grant_as_plan_credits(engine, user):
@@ -29,6 +30,70 @@ def test_signup_grant_is_one_ledger_row_of_kind_signup(engine, user):
         0,
         500,
     )
+
+
+def anonymous_user(db) -> uuid.UUID:
+    """A row in auth.users as Supabase Auth writes an anonymous sign-in."""
+    user_id = uuid.uuid4()
+    db.execute(
+        "insert into auth.users (id, aud, role, is_anonymous)"
+        " values (%s, 'authenticated', 'authenticated', true)",
+        (user_id,),
+    )
+    return user_id
+
+
+def convert(db, user_id: uuid.UUID) -> None:
+    """The anonymous user links an identity: Supabase Auth sets is_anonymous to false."""
+    db.execute(
+        "update auth.users set is_anonymous = false, email = %s where id = %s",
+        (f"{user_id}@example.test", user_id),
+    )
+
+
+def test_an_anonymous_user_gets_no_signup_credits(engine, db):
+    user_id = anonymous_user(db)
+    assert engine.credits(user_id) == (0, 0)
+    assert engine.ledger(user_id) == []
+
+
+def test_an_anonymous_user_gets_the_grant_when_it_converts(engine, db):
+    user_id = anonymous_user(db)
+    convert(db, user_id)
+    assert engine.credits(user_id) == (500, 0)
+    (row,) = engine.ledger(user_id, "signup")
+    assert row["plan_delta"] == 500
+
+
+def test_a_converted_user_gets_the_grant_once(engine, db):
+    user_id = anonymous_user(db)
+    convert(db, user_id)
+    db.execute("update auth.users set is_anonymous = true where id = %s", (user_id,))
+    convert(db, user_id)
+    assert engine.credits(user_id) == (500, 0)
+    assert len(engine.ledger(user_id, "signup")) == 1
+
+
+def test_anonymous_sign_ins_farm_nothing(engine, db):
+    users = [anonymous_user(db) for _ in range(5)]
+    assert [engine.credits(u) for u in users] == [(0, 0)] * 5
+
+
+def test_an_anonymous_buyer_keeps_its_pack_and_gets_the_grant_on_conversion(engine, db):
+    user_id = anonymous_user(db)
+    engine.apply(te.Buyer.new(user_id).pack_purchase("pack_500").completed())
+    assert engine.credits(user_id) == (0, 500)
+    convert(db, user_id)
+    assert engine.credits(user_id) == (500, 500)
+
+
+def test_a_user_converting_while_subscribed_gets_no_stacked_grant(engine, db):
+    user_id = anonymous_user(db)
+    engine.apply(te.Buyer.new(user_id).subscription("starter").invoice_paid(period=0))
+    convert(db, user_id)
+    assert engine.credits(user_id) == (1000, 0)
+    (row,) = engine.ledger(user_id, "signup")
+    assert row["plan_delta"] == 0 and "not added" in row["description"]
 
 
 def test_updating_the_user_does_not_grant_again(engine, db, user):
@@ -130,3 +195,17 @@ def test_rerunning_the_backfill_grants_nobody_twice(bare_database):
         (early, 500, 1),
         (late, 500, 1),
     }
+
+
+def test_anonymous_users_existing_before_the_migration_get_nothing_until_they_convert(
+    bare_database,
+):
+    with psycopg.connect(bare_database, autocommit=True, row_factory=dict_row) as conn:
+        named = create_user(conn)
+        anonymous = anonymous_user(conn)
+        apply_migrations(conn)
+        before = {r["user_id"]: (r["plan_credits"], r["grants"]) for r in signup_rows(conn)}
+        convert(conn, anonymous)
+        after = {r["user_id"]: (r["plan_credits"], r["grants"]) for r in signup_rows(conn)}
+    assert before == {named: (500, 1), anonymous: (0, 0)}
+    assert after == {named: (500, 1), anonymous: (500, 1)}
