@@ -1,4 +1,4 @@
-"""SPEC 4 adjust_credits (operator adjustment) and link_stripe_customer."""
+"""adjust_credits (operator adjustment) and link_stripe_customer (docs/interface.md)."""
 
 from __future__ import annotations
 

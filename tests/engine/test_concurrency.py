@@ -1,4 +1,4 @@
-"""Real parallel connections against one account (SPEC 2, 3.1; issue 2).
+"""Real parallel connections against one account (docs/policy.md, docs/events.md).
 
 Each worker thread has its own psycopg connection acting as service_role;
 a barrier releases them together so the calls really overlap in Postgres.

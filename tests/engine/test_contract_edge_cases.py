@@ -1,4 +1,4 @@
-"""Edge cases of SPEC 2/3 and the schema found while testing the engine.
+"""Edge cases of the policy and the events' rules found while testing the engine.
 
 Each test says what the contract asks in a corner the main files do not
 reach: disputes of legacy subscription invoices, integral numbers, periods
@@ -46,7 +46,7 @@ def test_integer_fields_accept_an_integral_number_as_the_schema_does(engine, use
 def test_a_period_starting_at_the_end_is_never_granted_whatever_the_order(
     engine, make_user, deleted_first
 ):
-    # SPEC 3.2 (same set, any order, same state) with engine.md "periods that
+    # docs/events.md, rule 2 (same set, any order, same state) with engine.md "periods that
     # start at or after the subscription's end are never granted".
     buyer = te.Buyer.new(make_user())
     sub = buyer.subscription("starter")

@@ -1,4 +1,4 @@
-"""SPEC 3.1 and 3.6: outcomes of apply_stripe_event, idempotency, the audit record."""
+"""Outcomes of apply_stripe_event, idempotency, the audit record (docs/events.md, rules 1 and 6)."""
 
 from __future__ import annotations
 

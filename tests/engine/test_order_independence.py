@@ -1,4 +1,4 @@
-"""SPEC 3.2 as a property: any delivery order, with any duplicates, ends the same.
+"""docs/events.md, rule 2, as a property: any delivery order, with any duplicates, ends the same.
 
 For a random set of a customer's events (subscribe, renew, upgrade, packs,
 refunds, a dispute; no spending in between), one fresh user receives them in

@@ -1,4 +1,4 @@
-"""SPEC 2 'Add-on pack paid' and SPEC 3.4 (verified money only)."""
+"""Packs paid, and verified money only (docs/policy.md; docs/events.md, rule 4)."""
 
 from __future__ import annotations
 

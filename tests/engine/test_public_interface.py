@@ -1,4 +1,4 @@
-"""SPEC 4's public names: functions, views and tables exactly as promised.
+"""The public names of docs/interface.md: functions, views and tables exactly as promised.
 
 PostgREST calls functions with named arguments and clients select columns by
 name, so names, argument order and types are part of the contract.

@@ -1,5 +1,4 @@
-"""SPEC 2 'Refund of an add-on payment', 'Dispute on an add-on payment', and
-'Refund or dispute on a subscription invoice'."""
+"""Refunds and disputes of pack payments (docs/policy.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Row-level security and grants, exercised as PostgREST's real roles (SPEC 4).
+"""Row-level security and grants, exercised as PostgREST's real roles (docs/interface.md).
 
 `acting_as` switches role and sets request.jwt.claims exactly as PostgREST
 does for a request, inside a transaction that is rolled back.
@@ -18,7 +18,7 @@ CLIENT_ROLES = ["anon", "authenticated"]
 PUBLIC_RELATIONS = ["plans", "credit_packs", "credit_balances", "credit_ledger"]
 CATALOG = ["plans", "credit_packs"]
 
-# Every credit-changing function of SPEC 4 (and the operator's retry), called
+# Every credit-changing function of docs/interface.md (and the operator's retry), called
 # with arguments that would succeed for service_role.
 FUNCTION_CALLS = {
     "apply_stripe_event": "select public.apply_stripe_event(%(event)s::jsonb)",
@@ -200,7 +200,7 @@ def test_credit_changing_functions_are_security_definer_with_an_empty_search_pat
 
 
 def test_no_public_function_is_executable_by_clients(db):
-    # SPEC 4 names no function for clients: they read views and tables only.
+    # docs/interface.md names no function for clients: they read views and tables only.
     rows = db.execute(
         "select p.oid::regprocedure::text as function, r.rolname from pg_proc p"
         " join pg_namespace n on n.oid = p.pronamespace"

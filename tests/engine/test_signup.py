@@ -1,4 +1,4 @@
-"""SPEC 2 'New user': the signup grant, once per user, and the backfill."""
+"""The signup grant, once per user, and the backfill (docs/policy.md)."""
 
 from __future__ import annotations
 

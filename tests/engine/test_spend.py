@@ -1,4 +1,4 @@
-"""SPEC 4 spend_credits and reverse_spend, as docs/engine.md reads them."""
+"""spend_credits and reverse_spend (docs/interface.md), as docs/engine.md reads them."""
 
 from __future__ import annotations
 

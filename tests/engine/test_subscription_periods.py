@@ -1,4 +1,4 @@
-"""SPEC 2 'Subscription period paid', older periods, unpaid and $0 invoices."""
+"""Periods paid, older periods, unpaid and $0 invoices (docs/policy.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Subscription status mirror and SPEC 2 'Cancellation'."""
+"""Subscription status mirror and cancellation (docs/policy.md)."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def test_a_same_second_round_trip_ends_the_same_in_either_arrival_order(engine, 
     # active -> past_due -> active within one second: each update's previous
     # state matches the other's state, so "the one that left the other's
     # state is newer" holds both ways and the engine keeps whichever arrived
-    # last. SPEC 3.2: a tie must not be decided by arrival order.
+    # last. docs/events.md, rule 2: a tie must not be decided by arrival order.
     finals = []
     for reverse in (False, True):
         buyer = te.Buyer.new(make_user())

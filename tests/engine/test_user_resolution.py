@@ -1,4 +1,4 @@
-"""SPEC 3.5: user resolution, parking and un-parking, rejection and retry."""
+"""User resolution, parking and un-parking, rejection and retry (docs/events.md, rule 5)."""
 
 from __future__ import annotations
 
