@@ -22,26 +22,6 @@ from psycopg.types.json import Jsonb
 from tests.conftest import TEMPLATE, assert_balances_equal_ledger_sums, create_user
 from tests.support import typed_events as te
 
-# PostgREST's mapping of SQLSTATEs to HTTP statuses (docs.postgrest.org,
-# references/errors): used to check that an error is a deliberate client
-# error (4xx) and not something PostgREST would answer with a 5xx.
-_STATUS_BY_CODE = {"23503": 409, "23505": 409, "25006": 405, "53400": 500, "P0001": 400}
-_STATUS_BY_CLASS = {
-    "08": 503, "09": 500, "0L": 403, "0P": 403, "25": 500, "28": 403, "2D": 500,
-    "38": 500, "39": 500, "3B": 500, "40": 500, "53": 503, "54": 500, "55": 500,
-    "57": 500, "58": 500, "F0": 500, "HV": 500, "P0": 500, "XX": 500,
-}  # fmt: skip
-_STATUS_BY_CODE |= {"42883": 404, "42P01": 404, "42501": 403}
-
-
-def postgrest_status(sqlstate: str) -> int:
-    """The HTTP status PostgREST answers for an error with this SQLSTATE."""
-    if sqlstate in _STATUS_BY_CODE:
-        return _STATUS_BY_CODE[sqlstate]
-    if sqlstate.startswith("PT") and sqlstate[2:].isdigit():
-        return int(sqlstate[2:])
-    return _STATUS_BY_CLASS.get(sqlstate[:2], 400)
-
 
 class Engine:
     """The engine's public interface, driven as the sidecar and operators drive it."""

@@ -7,8 +7,8 @@ import uuid
 import psycopg
 import pytest
 
-from tests.engine.conftest import postgrest_status
 from tests.support import typed_events as te
+from tests.support.postgrest_errors import postgrest_status
 
 
 def sqlstate_of(call) -> str:

@@ -17,9 +17,9 @@ import uuid
 import psycopg
 import pytest
 
-from tests.engine.conftest import postgrest_status
 from tests.engine.test_concurrency import run_in_parallel
 from tests.support import typed_events as te
+from tests.support.postgrest_errors import postgrest_status
 
 
 def sqlstate_of(call) -> str | None:

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.app import create_app
 from sidecar.config import Config
 from tally import stripe_events as se
+from tests.support import catalog
 from tests.support.fakes import FakePostgrest, FakeStripe
 
 WEBHOOK_SECRET = "whsec_test_current"
@@ -24,16 +25,8 @@ JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters"
 SERVICE_ROLE_KEY = jwt.encode({"role": "service_role", "iss": "supabase"}, JWT_SECRET)
 ANON_KEY = jwt.encode({"role": "anon", "iss": "supabase"}, JWT_SECRET)
 
-# The demo catalog of supabase/seed.sql.
-PLANS = {"starter": ("price_starter_monthly_fake", 1000), "pro": ("price_pro_monthly_fake", 5000)}
-PACKS = {"pack_500": ("price_pack_500_fake", 500), "pack_2000": ("price_pack_2000_fake", 2000)}
-PRICES = {
-    "price_starter_monthly_fake": 1900,
-    "price_pro_monthly_fake": 4900,
-    "price_pack_500_fake": 900,
-    "price_pack_2000_fake": 2900,
-}
-SIGNUP_CREDITS = 500
+PLANS, PACKS, PRICES = catalog.PLANS, catalog.PACKS, catalog.PRICE_AMOUNTS
+SIGNUP_CREDITS = catalog.SIGNUP_CREDITS
 
 
 def base_config(**overrides: Any) -> Config:

@@ -26,7 +26,8 @@ from tests.sidecar.conftest import (
     user_token,
     world,
 )
-from tests.support.fakes import FakePostgrest, postgrest_status
+from tests.support.fakes import FakePostgrest
+from tests.support.postgrest_errors import postgrest_status
 
 PACK_PRICE, PACK_CREDITS = PACKS["pack_500"]
 STARTER_PRICE, STARTER_CREDITS = PLANS["starter"]
@@ -93,7 +94,7 @@ async def test_readyz_goes_through_each_transport(any_sidecar):
         ("42883", "service_role", 404),
         ("08006", "service_role", 503),
         ("53300", "service_role", 503),
-        ("54001", "service_role", 413),
+        ("54001", "service_role", 500),
         ("57014", "service_role", 500),
     ],
 )

@@ -13,6 +13,7 @@ from tally import stripe_events as se
 from tests.sidecar.conftest import (
     PACKS,
     PLANS,
+    PRICES,
     ROLLED_SECRET,
     SIGNUP_CREDITS,
     WEBHOOK_SECRET,
@@ -407,7 +408,7 @@ async def test_any_delivery_order_with_duplicates_ends_in_the_same_balance(
     upgrade = next(e for e in life(in_order, layout, seed=0) if is_upgrade_invoice(e))
     assert expected == (
         STARTER_CREDITS + upgrade_share([upgrade]),
-        PACK_CREDITS - round(PACK_CREDITS * 300 / 900),
+        PACK_CREDITS - round(PACK_CREDITS * 300 / PRICES[PACK_PRICE]),
     )
     rng = random.Random(7)
     for seed in (1, 2, 3):

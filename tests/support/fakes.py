@@ -23,6 +23,7 @@ import asyncpg
 import jwt
 from aiohttp import web
 
+from tests.support.postgrest_errors import postgrest_status
 from tests.support.stripe_stand_in import StripeRequest, StripeStandIn
 
 __all__ = ["FakePostgrest", "FakeStripe", "StripeRequest", "StripeStandIn"]
@@ -38,51 +39,8 @@ FakeStripe = StripeStandIn
 # PostgREST
 # ----------------------------------------------------------------------------------
 
+
 # PostgREST's SQLSTATE -> HTTP status table (docs.postgrest.org, references/errors).
-EXACT_STATUSES = {
-    "23503": 409,
-    "23505": 409,
-    "25006": 405,
-    "53400": 500,
-    "P0001": 400,
-    "42883": 404,
-    "42P01": 404,
-}
-PREFIX_STATUSES = {
-    "08": 503,
-    "09": 500,
-    "0L": 403,
-    "0P": 403,
-    "25": 500,
-    "28": 403,
-    "2D": 500,
-    "38": 500,
-    "39": 500,
-    "3B": 500,
-    "40": 500,
-    "53": 503,
-    "54": 413,
-    "55": 500,
-    "57": 500,
-    "58": 500,
-    "F0": 500,
-    "HV": 500,
-    "P0": 500,
-    "XX": 500,
-}
-
-
-def postgrest_status(sqlstate: str, role: str) -> int:
-    """The HTTP status PostgREST answers for a SQLSTATE."""
-    if sqlstate == "42501":
-        return 401 if role == "anon" else 403
-    if sqlstate.startswith("PT") and sqlstate[2:].isdigit():
-        return int(sqlstate[2:])
-    if sqlstate in EXACT_STATUSES:
-        return EXACT_STATUSES[sqlstate]
-    return PREFIX_STATUSES.get(sqlstate[:2], 400)
-
-
 def postgrest_error(status: int, code: str, message: str, details: Any = None) -> web.Response:
     body = {"code": code, "message": message, "details": details, "hint": None}
     return web.json_response(body, status=status)

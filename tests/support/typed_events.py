@@ -38,6 +38,7 @@ import jsonschema
 from sidecar import events
 from tally import stripe_events as se
 from tally.paths import ROOT
+from tests.support import catalog
 
 JSON = dict[str, Any]
 SCHEMA_PATH = ROOT / "schema" / "typed_event.schema.json"
@@ -50,19 +51,9 @@ PERIOD = 30 * DAY
 BASIL_API_VERSION = se.BASIL_API_VERSION
 LEGACY_API_VERSION = se.LEGACY_API_VERSION
 
-# The seed catalog (supabase/seed.sql): key -> (Stripe price id, credits).
-PLANS: dict[str, tuple[str, int]] = {
-    "starter": ("price_starter_monthly_fake", 1000),
-    "pro": ("price_pro_monthly_fake", 5000),
-}
-PACKS: dict[str, tuple[str, int]] = {
-    "pack_500": ("price_pack_500_fake", 500),
-    "pack_2000": ("price_pack_2000_fake", 2000),
-}
-# What a pack costs in cents (Checkout's amount_total, the charge's amount).
-PACK_AMOUNTS: dict[str, int] = {"pack_500": 500, "pack_2000": 1500}
-PLAN_AMOUNTS: dict[str, int] = {"starter": 900, "pro": 2900}
-SIGNUP_GRANT = 500
+PLANS, PACKS = catalog.PLANS, catalog.PACKS  # key -> (Stripe price id, credits)
+PACK_AMOUNTS, PLAN_AMOUNTS = catalog.PACK_AMOUNTS, catalog.PLAN_AMOUNTS  # cents
+SIGNUP_GRANT = catalog.SIGNUP_CREDITS
 
 OPEN_DISPUTE_STATUSES = (
     "warning_needs_response",
@@ -111,10 +102,7 @@ def pack_price(pack: str) -> str:
     return PACKS[pack][0]
 
 
-PRICE_AMOUNTS: dict[str, int] = {
-    **{plan_price(k): v for k, v in PLAN_AMOUNTS.items()},
-    **{pack_price(k): v for k, v in PACK_AMOUNTS.items()},
-}
+PRICE_AMOUNTS = catalog.PRICE_AMOUNTS
 
 
 def price_object(price_id: str, *, recurring: bool = True) -> JSON:
