@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sidecar.config import Config, ConfigError
+from tally.paths import ROOT
 
 VALID = {
     "STRIPE_WEBHOOK_SECRETS": "whsec_one,whsec_two",
@@ -256,3 +259,12 @@ def test_repr_never_shows_the_new_secrets():
         )
     )
     assert "metrics-token-value" not in text and "c2VjcmV0" not in text
+
+
+def test_every_variable_the_sidecar_reads_is_described_in_env_example_and_no_other():
+    # .env.example is the one list of the sidecar's environment; the docs point to it.
+    source = (ROOT / "sidecar" / "config.py").read_text()
+    read = set(re.findall(r'self\.\w+\(\s*"([A-Z][A-Z0-9_]+)"', source))
+    example = (ROOT / ".env.example").read_text()
+    described = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", example, re.M))
+    assert read and read == described, (sorted(read - described), sorted(described - read))
