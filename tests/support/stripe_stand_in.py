@@ -161,6 +161,11 @@ class StripeStandIn:
         self._failures.extend(Failure(kind, path, method) for _ in range(count))
         return self
 
+    def heal(self) -> StripeStandIn:
+        """Stripe is back: the failures still queued are dropped."""
+        self._failures.clear()
+        return self
+
     def of_path(self, path: str, method: str | None = "POST") -> list[StripeRequest]:
         """The requests to ``path``: the writes by default, ``method=None`` for all."""
         return [r for r in self.requests if r.path == path and method in (None, r.method)]
