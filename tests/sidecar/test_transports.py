@@ -317,3 +317,45 @@ def test_a_billing_lease_expires_by_itself(db, make_user):
     assert db.execute(take, (user, "other", 30)).fetchone()["taken"] is False
     db.execute("update tally.billing_locks set expires_at = now() - interval '1 second'")
     assert db.execute(take, (user, "other", 30)).fetchone()["taken"] is True
+
+
+@pytest.fixture
+def short_service_role_timeout(db):
+    """service_role's statement_timeout lowered for one test (a cluster-wide role setting)."""
+    before = db.execute(
+        "select coalesce((select c from pg_db_role_setting s, unnest(s.setconfig) c"
+        " where s.setrole = 'service_role'::regrole and s.setdatabase = 0"
+        " and c like 'statement_timeout=%'), '') as setting"
+    ).fetchone()["setting"]
+    assert before == "statement_timeout=30s"  # what the migrations set
+    db.execute("alter role service_role set statement_timeout = '1s'")
+    yield
+    db.execute("alter role service_role set statement_timeout = '30s'")
+
+
+async def test_a_postgrest_call_the_client_gave_up_on_is_stopped_by_the_server(
+    make_sidecar, postgrest_url, database_url, db, make_user, short_service_role_timeout
+):
+    # The sidecar stops waiting after DB_TIMEOUT; PostgREST applies
+    # service_role's statement_timeout, so the database stops the call too
+    # instead of leaving it blocked behind the lock.
+    client = await make_sidecar(
+        transport="postgrest", database_url=None, supabase_url=postgrest_url,
+        supabase_service_role_key=SERVICE_ROLE_KEY, db_timeout=0.3,
+    )  # fmt: skip
+    user = make_user()
+    w = world()
+    _, out = w.buy_pack(w.customer(user_id=str(user)), PACK_PRICE)
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("select 1 from tally.accounts where user_id = %s for update", (user,))
+        status, _ = await deliver(client, out[-1])
+        assert status == 503
+        await asyncio.sleep(1.5)
+        waiting = db.execute(
+            "select count(*) as n from pg_stat_activity where datname = current_database()"
+            " and query like '%%apply_stripe_event%%' and state = 'active'"
+            " and pid <> pg_backend_pid()"
+        ).fetchone()["n"]
+        assert waiting == 0
+    assert stored_events(db) == 0
+    assert await deliver_all(client, out) == ["applied"]

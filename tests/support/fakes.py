@@ -46,6 +46,16 @@ def postgrest_error(status: int, code: str, message: str, details: Any = None) -
     return web.json_response(body, status=status)
 
 
+# PostgREST applies the settings of the role it switches to (statement_timeout
+# above all) for the request's transaction: "impersonated role settings".
+IMPERSONATED_ROLE_SETTINGS = """
+select set_config(split_part(setting, '=', 1), substr(setting, strpos(setting, '=') + 1), true)
+  from pg_db_role_setting s, unnest(s.setconfig) as setting
+ where s.setrole = $1::regrole
+   and s.setdatabase in (0, (select oid from pg_database where datname = current_database()))
+"""
+
+
 @dataclass
 class FakePostgrest:
     """PostgREST in front of a real database; ``api_keys`` are the accepted apikeys."""
@@ -91,6 +101,7 @@ class FakePostgrest:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute(f'set local role "{role}"')
+                await conn.execute(IMPERSONATED_ROLE_SETTINGS, role)
                 await conn.execute(
                     "select set_config('request.jwt.claims', $1, true)", json.dumps(claims)
                 )
