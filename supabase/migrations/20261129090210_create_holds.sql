@@ -47,12 +47,15 @@ revoke all on function tally.is_live_hold(tally.holds) from public, anon, authen
 
 -- Credits held by a user's live holds.
 create function tally.held_credits(p_user_id uuid) returns integer
-language sql
+language plpgsql
 stable
+set search_path = ''
 as $$
-  select coalesce(sum(h.amount), 0)::integer
+begin
+  return (select coalesce(sum(h.amount), 0)::integer
     from tally.holds h
-   where h.user_id = p_user_id and h.status = 'held' and h.expires_at > now();
+   where h.user_id = p_user_id and h.status = 'held' and h.expires_at > now());
+end;
 $$;
 
 revoke all on function tally.held_credits(uuid) from public, anon, authenticated;

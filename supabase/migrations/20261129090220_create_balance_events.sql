@@ -57,14 +57,17 @@ revoke all on function tally.balance_snapshot(tally.accounts, integer)
   from public, anon, authenticated;
 
 create function tally.queue_balance_event(p_type text, p_data jsonb) returns void
-language sql
+language plpgsql
+set search_path = ''
 as $$
+begin
   insert into tally.balance_events (user_id, type, payload)
   values ((p_data ->> 'user_id')::uuid, p_type,
           jsonb_build_object('type', p_type,
                              'timestamp', to_char(now() at time zone 'utc',
                                                   'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                              'data', p_data));
+end;
 $$;
 
 revoke all on function tally.queue_balance_event(text, jsonb) from public, anon, authenticated;

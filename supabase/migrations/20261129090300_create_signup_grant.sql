@@ -6,10 +6,13 @@
 -- existed before this migration get the same (the backfill at the end).
 
 create function tally.is_anonymous(p_user_id uuid) returns boolean
-language sql
+language plpgsql
 stable
+set search_path = ''
 as $$
-  select coalesce((select u.is_anonymous from auth.users u where u.id = p_user_id), false);
+begin
+  return (select coalesce((select u.is_anonymous from auth.users u where u.id = p_user_id), false));
+end;
 $$;
 
 revoke all on function tally.is_anonymous(uuid) from public, anon, authenticated;

@@ -35,20 +35,26 @@ revoke all on function tally.to_bigint(jsonb) from public, anon, authenticated;
 -- Monthly credits of a plan's Stripe price, or null when no plan has it
 -- (active or not: a customer on a retired plan keeps getting it).
 create function tally.plan_credits_of(p_price_id text) returns integer
-language sql
+language plpgsql
 stable
+set search_path = ''
 as $$
-  select pl.monthly_credits from public.plans pl where pl.stripe_price_id = p_price_id;
+begin
+  return (select pl.monthly_credits from public.plans pl where pl.stripe_price_id = p_price_id);
+end;
 $$;
 
 revoke all on function tally.plan_credits_of(text) from public, anon, authenticated;
 
 create function tally.plan_name_of(p_price_id text) returns text
-language sql
+language plpgsql
 stable
+set search_path = ''
 as $$
-  select coalesce((select pl.name from public.plans pl where pl.stripe_price_id = p_price_id),
-                  p_price_id);
+begin
+  return (select coalesce((select pl.name from public.plans pl where pl.stripe_price_id = p_price_id),
+                  p_price_id));
+end;
 $$;
 
 revoke all on function tally.plan_name_of(text) from public, anon, authenticated;
@@ -335,18 +341,22 @@ revoke all on function tally.is_period_eligible(text, timestamptz)
 create function tally.proration_credits(
   p_lines jsonb, p_period_start timestamptz, p_period_end timestamptz
 ) returns integer
-language sql
+language plpgsql
 stable
+set search_path = ''
 as $$
-  select greatest(0, coalesce(floor(sum(
-           case when (line ->> 'is_credit')::boolean then -1 else 1 end
-           * tally.plan_credits_of(line ->> 'price_id')
-           * greatest(0, extract(epoch from least(tally.to_time(line -> 'period_end'),
-                                                  p_period_end)
-                                         - greatest(tally.to_time(line -> 'period_start'),
-                                                    p_period_start)))
-           / nullif(extract(epoch from p_period_end - p_period_start), 0))), 0))::integer
-    from jsonb_array_elements(p_lines) as line;
+begin
+  return (
+    select greatest(0, coalesce(floor(sum(
+             case when (line ->> 'is_credit')::boolean then -1 else 1 end
+             * tally.plan_credits_of(line ->> 'price_id')
+             * greatest(0, extract(epoch from least(tally.to_time(line -> 'period_end'),
+                                                    p_period_end)
+                                           - greatest(tally.to_time(line -> 'period_start'),
+                                                      p_period_start)))
+             / nullif(extract(epoch from p_period_end - p_period_start), 0))), 0))::integer
+      from jsonb_array_elements(p_lines) as line);
+end;
 $$;
 
 revoke all on function tally.proration_credits(jsonb, timestamptz, timestamptz)
@@ -355,8 +365,15 @@ revoke all on function tally.proration_credits(jsonb, timestamptz, timestamptz)
 -- Place the subscription's paid upgrade invoices whose period was not known
 -- yet in the paid period that contains their lines, and say what they add.
 create function tally.place_prorations(p_subscription_id text) returns void
-language sql
+language plpgsql
+set search_path = ''
 as $$
+begin
+  -- Most invoices find none waiting: one index probe, then nothing.
+  if not exists (select 1 from tally.invoices i
+                  where i.subscription_id = p_subscription_id and i.period_start is null) then
+    return;
+  end if;
   update tally.invoices i
      set period_start = p.period_start,
          granted = tally.proration_credits(i.proration_lines, p.period_start, p.period_end)
@@ -368,6 +385,7 @@ as $$
                               from jsonb_array_elements(i.proration_lines) as line)
      and p.period_end > (select min(tally.to_time(line -> 'period_start'))
                            from jsonb_array_elements(i.proration_lines) as line);
+end;
 $$;
 
 revoke all on function tally.place_prorations(text) from public, anon, authenticated;
@@ -375,12 +393,15 @@ revoke all on function tally.place_prorations(text) from public, anon, authentic
 -- The price a paid upgrade invoice moves to: its proration line that is
 -- not a credit.
 create function tally.upgrade_price(p_invoice tally.invoices) returns text
-language sql
+language plpgsql
 immutable
+set search_path = ''
 as $$
-  select min(line ->> 'price_id')
+begin
+  return (select min(line ->> 'price_id')
     from jsonb_array_elements(p_invoice.proration_lines) as line
-   where not (line ->> 'is_credit')::boolean;
+   where not (line ->> 'is_credit')::boolean);
+end;
 $$;
 
 revoke all on function tally.upgrade_price(tally.invoices) from public, anon, authenticated;
@@ -676,17 +697,24 @@ revoke all on function tally.refresh_subscription_summary(uuid) from public, ano
 create function tally.review_second_subscription(p_user_id uuid, p_subscription_id text,
                                                  p_event_id text)
 returns void
-language sql
+language plpgsql
+set search_path = ''
 as $$
-  insert into tally.operator_reviews (kind, object_id, user_id, stripe_event_id, details)
-  select 'second_subscription', p_subscription_id, p_user_id, p_event_id,
-         jsonb_build_object('other_subscriptions', jsonb_agg(s.subscription_id order by s.subscription_id))
+declare
+  v_others jsonb;
+begin
+  select jsonb_agg(s.subscription_id order by s.subscription_id) into v_others
     from tally.subscriptions s
    where s.user_id = p_user_id and s.subscription_id <> p_subscription_id
      and not tally.is_final_status(s.status)
-     and exists (select 1 from tally.paid_periods p where p.subscription_id = s.subscription_id)
-  having count(*) > 0
-  on conflict (kind, object_id) do nothing;
+     and exists (select 1 from tally.paid_periods p where p.subscription_id = s.subscription_id);
+  if v_others is not null then
+    insert into tally.operator_reviews (kind, object_id, user_id, stripe_event_id, details)
+    values ('second_subscription', p_subscription_id, p_user_id, p_event_id,
+            jsonb_build_object('other_subscriptions', v_others))
+    on conflict (kind, object_id) do nothing;
+  end if;
+end;
 $$;
 
 revoke all on function tally.review_second_subscription(uuid, text, text)
@@ -699,9 +727,11 @@ create function tally.invoice_lines(p_invoice jsonb,
                                     out plan_prices text[], out plan_line jsonb,
                                     out proration_lines jsonb, out unknown_price text,
                                     out line_count integer)
-language sql
+language plpgsql
 stable
+set search_path = ''
 as $$
+begin
   select array_agg(distinct l.price_id) filter (where l.is_plan and not l.is_proration),
          (array_agg(l.line order by l.period_start desc nulls last)
             filter (where l.is_plan and not l.is_proration))[1],
@@ -712,6 +742,7 @@ as $$
            filter (where l.is_plan and l.is_proration),
          min(l.price_id) filter (where not l.is_plan),
          count(*)::integer
+    into plan_prices, plan_line, proration_lines, unknown_price, line_count
     from (select line, line ->> 'price_id' as price_id,
                  coalesce((line ->> 'is_proration')::boolean, false) as is_proration,
                  (line ->> 'period_start')::bigint as period_start,
@@ -720,6 +751,7 @@ as $$
             from jsonb_array_elements(coalesce(p_invoice -> 'lines', '[]'::jsonb)) as line
            where coalesce(line ->> 'subscription_id', p_invoice ->> 'subscription_id')
                  = p_invoice ->> 'subscription_id') as l;
+end;
 $$;
 
 revoke all on function tally.invoice_lines(jsonb) from public, anon, authenticated;
@@ -792,8 +824,10 @@ revoke all on function tally.record_paid_period(jsonb, uuid, jsonb, timestamptz)
 create function tally.record_proration_invoice(p_event jsonb, p_user_id uuid,
                                                p_lines jsonb, p_created timestamptz)
 returns void
-language sql
+language plpgsql
+set search_path = ''
 as $$
+begin
   insert into tally.invoices (invoice_id, kind, user_id, subscription_id, invoice_created_at,
                               amount_paid, currency, proration_lines, stripe_event_id)
   values (p_event -> 'invoice' ->> 'id', 'proration', p_user_id,
@@ -801,6 +835,7 @@ as $$
           tally.to_bigint(p_event -> 'invoice' -> 'amount_paid'),
           p_event -> 'invoice' ->> 'currency', p_lines, p_event ->> 'id')
   on conflict (invoice_id, kind) do nothing;
+end;
 $$;
 
 revoke all on function tally.record_proration_invoice(jsonb, uuid, jsonb, timestamptz)

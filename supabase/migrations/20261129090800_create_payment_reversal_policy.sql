@@ -48,11 +48,14 @@ revoke all on function tally.park(text, text) from public, anon, authenticated;
 -- refunds left, round(granted * disputed / paid) for each dispute.
 create function tally.period_clawbacks(p_subscription_id text, p_period_start timestamptz,
                                        out refunded integer, out disputed integer)
-language sql
+language plpgsql
 stable
+set search_path = ''
 as $$
+begin
   select coalesce(sum(t.refund_target), 0)::integer,
          coalesce(sum(least(t.granted - t.refund_target, t.dispute_target)), 0)::integer
+    into refunded, disputed
     from (
       select i.granted,
              least(i.granted, coalesce(round(i.granted::numeric
@@ -67,6 +70,7 @@ as $$
        where i.subscription_id = p_subscription_id and i.period_start = p_period_start
          and i.granted is not null
     ) as t;
+end;
 $$;
 
 revoke all on function tally.period_clawbacks(text, timestamptz) from public, anon, authenticated;

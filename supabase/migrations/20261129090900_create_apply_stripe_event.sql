@@ -42,21 +42,25 @@ revoke all on function tally.dispatch_event(jsonb, uuid) from public, anon, auth
 -- Every key an event may park on or wake, sorted: they are locked in this
 -- order before any account, so concurrent events never deadlock on them.
 create function tally.event_lock_keys(p_event jsonb) returns text[]
-language sql
+language plpgsql
 immutable
+set search_path = ''
 as $$
-  select coalesce(array_agg(distinct k order by k), '{}')
-    from unnest(array[
-      'customer:' || tally.event_customer_id(p_event),
-      'payment_intent:' || tally.event_payment_intent_id(p_event),
-      'payment_intent:' || (p_event -> 'invoice' ->> 'payment_intent_id'),
-      'charge:' || tally.event_charge_id(p_event),
-      'charge:' || (p_event -> 'invoice' ->> 'charge_id'),
-      'charge:' || (p_event -> 'invoice_payment' ->> 'charge_id'),
-      'invoice:' || (p_event -> 'invoice' ->> 'id'),
-      'invoice:' || (p_event -> 'charge' ->> 'invoice_id'),
-      'invoice:' || (p_event -> 'invoice_payment' ->> 'invoice_id')]) as k
-   where k is not null;
+begin
+  return (
+    select coalesce(array_agg(distinct k order by k), '{}')
+      from unnest(array[
+        'customer:' || tally.event_customer_id(p_event),
+        'payment_intent:' || tally.event_payment_intent_id(p_event),
+        'payment_intent:' || (p_event -> 'invoice' ->> 'payment_intent_id'),
+        'charge:' || tally.event_charge_id(p_event),
+        'charge:' || (p_event -> 'invoice' ->> 'charge_id'),
+        'charge:' || (p_event -> 'invoice_payment' ->> 'charge_id'),
+        'invoice:' || (p_event -> 'invoice' ->> 'id'),
+        'invoice:' || (p_event -> 'charge' ->> 'invoice_id'),
+        'invoice:' || (p_event -> 'invoice_payment' ->> 'invoice_id')]) as k
+     where k is not null);
+end;
 $$;
 
 revoke all on function tally.event_lock_keys(jsonb) from public, anon, authenticated;
@@ -135,34 +139,34 @@ $$;
 
 revoke all on function tally.user_of_rejected(jsonb) from public, anon, authenticated;
 
--- Apply (or re-apply) a stored event and record its outcome. Used on first
--- receipt, when what a parked event waited for appears, and when an
--- operator retries rejected events. A data error inside a handler (a value
--- it cannot use) rejects the event rather than refusing it: Stripe's
--- retries could never fix it, and it must not be lost.
-create function tally.process_event(p_event_id text) returns jsonb
+-- Apply a typed event (its raw payload aside) already stored under its id,
+-- and record its outcome. Used on first receipt, when what a parked event
+-- waited for appears, and when an operator retries rejected events. The
+-- typed reading is kept only while it may be needed again (parked or
+-- rejected). A data error inside a handler (a value it cannot use) rejects
+-- the event rather than refusing it: Stripe's retries could never fix it,
+-- and it must not be lost.
+create function tally.process(p_event_id text, p_event jsonb) returns jsonb
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_stored tally.stripe_events;
   v_key text;
   v_user_id uuid;
   v_outcome text := 'applied';
   v_reason text;
   v_waiting_on text;
 begin
-  select * into v_stored from tally.stripe_events where event_id = p_event_id for update;
-  foreach v_key in array tally.event_lock_keys(v_stored.payload) loop
+  foreach v_key in array tally.event_lock_keys(p_event) loop
     perform tally.lock_key(v_key);
   end loop;
   begin
-    select a.user_id, a.note into v_user_id, v_reason from tally.apply_payload(v_stored.payload) a;
+    select a.user_id, a.note into v_user_id, v_reason from tally.apply_payload(p_event) a;
   exception
     when sqlstate 'TL001' then
       v_outcome := 'rejected';
       v_reason := sqlerrm;
-      v_user_id := tally.user_of_rejected(v_stored.payload);
+      v_user_id := tally.user_of_rejected(p_event);
     when sqlstate 'TL002' then
       v_outcome := 'parked';
       v_reason := sqlerrm;
@@ -177,10 +181,31 @@ begin
          user_id = coalesce(v_user_id, user_id),
          waiting_on = v_waiting_on,
          is_ready = false,
+         payload = case when v_outcome = 'applied' then null else p_event end,
          applied_at = case when v_outcome = 'applied' then now() end
    where event_id = p_event_id;
   return jsonb_build_object('status', v_outcome, 'event_id', p_event_id, 'reason', v_reason,
                             'user_id', v_user_id);
+end;
+$$;
+
+revoke all on function tally.process(text, jsonb) from public, anon, authenticated;
+
+-- Re-apply a stored event that waits or was rejected, from its kept reading.
+create function tally.process_event(p_event_id text) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_payload jsonb;
+begin
+  select e.payload into v_payload from tally.stripe_events e
+   where e.event_id = p_event_id and e.payload is not null
+   for update;
+  if not found then
+    return jsonb_build_object('status', 'applied', 'event_id', p_event_id);
+  end if;
+  return tally.process(p_event_id, v_payload);
 end;
 $$;
 
@@ -223,20 +248,20 @@ begin
   end if;
 
   insert into tally.stripe_events (event_id, type, stripe_created_at, livemode, api_version,
-                                   layout, customer_id, payment_intent_id, outcome, payload, raw)
+                                   layout, customer_id, payment_intent_id, outcome, raw)
   values (v_event_id, v_type, tally.readable_time(event -> 'created'),
           case when jsonb_typeof(event -> 'livemode') = 'boolean'
                then (event ->> 'livemode')::boolean end,
           left(event ->> 'api_version', 64), left(event ->> 'layout', 16),
           tally.event_customer_id(event), tally.event_payment_intent_id(event), 'processing',
-          event - 'raw', event -> 'raw')
+          event -> 'raw')
   on conflict (event_id) do nothing;
   if not found then
     select outcome into v_duplicate_of from tally.stripe_events where event_id = v_event_id;
     return jsonb_build_object('status', 'duplicate', 'event_id', v_event_id, 'type', v_type,
                               'original_status', v_duplicate_of);
   end if;
-  return tally.process_event(v_event_id) || jsonb_build_object('type', v_type);
+  return tally.process(v_event_id, event - 'raw') || jsonb_build_object('type', v_type);
 end;
 $$;
 
@@ -259,14 +284,14 @@ declare
   v_event_id text := event ->> 'id';
 begin
   update tally.stripe_events e
-     set payload = event - 'raw', attempts = e.attempts + 1
+     set attempts = e.attempts + 1
    where e.event_id = v_event_id and e.outcome = 'rejected'
      and e.raw = event -> 'raw';
   if not found then
     raise exception using errcode = 'PT404',
       message = format('no rejected event %s with this raw payload', v_event_id);
   end if;
-  return tally.process_event(v_event_id);
+  return tally.process(v_event_id, event - 'raw');
 end;
 $$;
 

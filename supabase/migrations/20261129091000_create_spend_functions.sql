@@ -141,10 +141,12 @@ revoke all on function tally.draw_credits(tally.accounts, integer, text, tally.e
 
 -- The balance parts a call returns.
 create function tally.balance_result(p_user_id uuid) returns jsonb
-language sql
+language plpgsql
 stable
+set search_path = ''
 as $$
-  select jsonb_build_object(
+begin
+  return (select jsonb_build_object(
     'user_id', b.user_id,
     'plan_credits', b.plan_credits,
     'addon_credits', b.addon_credits,
@@ -152,7 +154,8 @@ as $$
     'held_credits', b.held_credits,
     'available_credits', b.available_credits)
     from public.credit_balances b
-   where b.user_id = p_user_id;
+   where b.user_id = p_user_id);
+end;
 $$;
 
 revoke all on function tally.balance_result(uuid) from public, anon, authenticated;

@@ -44,8 +44,17 @@ def test_applied_event_is_stored_with_raw_payload_outcome_and_time(engine, buyer
     stored = engine.stored_event(event["id"])
     assert (stored["type"], stored["outcome"]) == ("invoice.paid", "applied")
     assert stored["raw"] == event["raw"]
-    assert stored["payload"]["invoice"] == event["invoice"]
+    assert stored["payload"] is None  # the raw payload is the record; the reading is not kept
     assert stored["applied_at"] is not None
+
+
+def test_a_parked_event_keeps_its_typed_reading_until_it_is_applied(engine, buyer):
+    event = buyer.subscription("pro", with_user_metadata=False).invoice_paid(period=0)
+    engine.apply(event)
+    assert engine.stored_event(event["id"])["payload"]["invoice"] == event["invoice"]
+    engine.link(buyer.user_id, buyer.customer_id)
+    stored = engine.stored_event(event["id"])
+    assert (stored["outcome"], stored["payload"]) == ("applied", None)
 
 
 def test_an_event_announcing_nothing_new_is_still_recorded(engine, buyer):
