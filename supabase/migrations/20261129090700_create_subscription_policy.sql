@@ -408,12 +408,13 @@ revoke all on function tally.upgrade_price(tally.invoices) from public, anon, au
 
 -- A paid period's allowance, folded in Stripe time order: its invoice's
 -- plan, plus what each paid upgrade invoice placed in it pays for (at the
--- invoice's created), lowered to the plan of each subscription event
--- naming the period (at the event's created). Within one second the events
--- follow their chain of previous_attributes, as for the mirror, and an
--- upgrade comes right after the change that moved to its plan; one whose
--- change is not in that second comes first. Either way a same-second
--- upgrade and downgrade never add more than was paid.
+-- invoice's created), lowered to the new plan of each change of plan naming
+-- the period (at the update's created). Within one second the updates
+-- follow their chain of previous_attributes from the plan the invoice
+-- billed, as for the mirror, and an upgrade comes right after the change
+-- that moved to its plan; one whose change is not in that second comes
+-- first. Either way a same-second upgrade and downgrade never add more than
+-- was paid.
 create function tally.period_allowance(p_subscription_id text, p_period_start timestamptz)
 returns integer
 language plpgsql
@@ -436,6 +437,9 @@ begin
     return null;
   end if;
   v_allowance := coalesce(tally.plan_credits_of(v_period.price_id), 0);
+  -- The chain of same-second updates starts from the plan the invoice billed.
+  v_state.subscription_id := p_subscription_id;
+  v_state.price_id := v_period.price_id;
   for v_second in
     select i.invoice_created_at from tally.invoices i
      where i.subscription_id = p_subscription_id and i.period_start = p_period_start
@@ -471,8 +475,13 @@ begin
       v_pending := array(select c from unnest(v_pending) as c
                           where c.stripe_event_id <> v_next.stripe_event_id);
       v_state := v_next;
-      v_allowance := least(v_allowance, coalesce(tally.plan_credits_of(v_next.price_id),
-                                                 v_allowance));
+      -- Only a change of plan lowers the allowance (a downgrade at once);
+      -- an update that leaves the plan as it was (a pending update waiting
+      -- for its payment, a cancellation) says nothing about it.
+      if v_next.previous ? 'price_id' then
+        v_allowance := least(v_allowance, coalesce(tally.plan_credits_of(v_next.price_id),
+                                                   v_allowance));
+      end if;
       select u.* into v_upgrade from unnest(v_upgrades) u
        where tally.upgrade_price(u) = v_next.price_id
        order by u.invoice_id

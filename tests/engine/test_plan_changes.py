@@ -297,3 +297,26 @@ def test_plan_changes_never_touch_addon_credits(engine, buyer):
     upgrade(engine, sub, after=HALF)
     downgrade_now(engine, sub, after=HALF + te.DAY)
     assert engine.credits(buyer.user_id) == (STARTER, 500)
+
+
+@pytest.mark.parametrize("in_order", [True, False], ids=["in-order", "reversed"])
+def test_an_upgrade_paid_later_while_the_change_waits_for_its_payment_counts(
+    engine, buyer, in_order
+):
+    # payment_behavior=pending_if_incomplete: at the change Stripe leaves the
+    # subscription on its plan (a pending update) and invoices at once; the
+    # payment fails, succeeds a day later, and only then the plan changes.
+    sub = buyer.subscription("starter")
+    at_change = te.at(0, HALF)
+    period = sub.invoice_paid(period=0, created=te.at(0, 2))
+    pending = sub.updated(period=0, plan="starter", created=at_change)
+    failed = sub.proration_invoice(period=0, from_plan="starter", to_plan="pro",
+                                   at_time=at_change, paid=False)  # fmt: skip
+    paid = sub.proration_invoice(period=0, from_plan="starter", to_plan="pro",
+                                 at_time=at_change, invoice_id=failed["invoice"]["id"],
+                                 created=at_change + te.DAY)  # fmt: skip
+    changed = sub.plan_changed(period=0, plan="pro", previous_plan="starter",
+                               created=at_change + te.DAY)  # fmt: skip
+    events = [period, pending, failed, paid, changed]
+    engine.apply_all(*(events if in_order else reversed(events)))
+    assert engine.credits(buyer.user_id) == (STARTER + 2000, 0)
