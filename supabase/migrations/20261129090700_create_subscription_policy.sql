@@ -288,14 +288,56 @@ $$;
 revoke all on function tally.resolve_subscription(text) from public, anon, authenticated;
 
 -- Record what an event says about its subscription and re-fold the mirror.
+-- Events mostly arrive in Stripe's order: then the newest observation moves
+-- the mirror one step, as the fold would, instead of re-folding the whole
+-- history (a cost that would grow with every renewal). Anything else (an
+-- older or same-second observation, no subscription event yet) re-folds.
 create function tally.observe(p_observation tally.subscription_observations) returns void
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_mirror tally.subscriptions;
+  o tally.subscription_observations := p_observation;
 begin
-  insert into tally.subscription_observations select p_observation.*
+  insert into tally.subscription_observations select o.*
   on conflict do nothing;
-  perform tally.resolve_subscription(p_observation.subscription_id);
+  if not found then
+    return;  -- already observed: the mirror already folds it
+  end if;
+  select * into v_mirror from tally.subscriptions s where s.subscription_id = o.subscription_id;
+  if not found or v_mirror.state_created_at = '-infinity'
+     or exists (select 1 from tally.subscription_observations x
+                 where x.subscription_id = o.subscription_id and x.observed_at >= o.observed_at
+                   and x.stripe_event_id <> o.stripe_event_id) then
+    perform tally.resolve_subscription(o.subscription_id);
+    return;
+  end if;
+  if tally.is_final_status(v_mirror.status) and not tally.is_final_status(o.status) then
+    return;  -- nothing moves a subscription out of canceled
+  end if;
+  if o.source = 'invoice' then
+    update tally.subscriptions s
+       set status = tally.status_after_invoice(s.status, o.is_paid, o.billing_reason),
+           status_observed_at = o.observed_at, updated_at = now()
+     where s.subscription_id = o.subscription_id;
+    return;
+  end if;
+  update tally.subscriptions s
+     set user_id = o.user_id,
+         customer_id = coalesce(o.customer_id, s.customer_id),
+         status = o.status,
+         price_id = o.price_id,
+         current_period_start = o.current_period_start,
+         current_period_end = o.current_period_end,
+         cancel_at_period_end = coalesce(o.cancel_at_period_end, false),
+         canceled_at = o.canceled_at,
+         ended_at = o.ended_at,
+         subscription_created_at = coalesce(o.subscription_created_at, s.subscription_created_at),
+         state_created_at = o.observed_at,
+         status_observed_at = o.observed_at,
+         updated_at = now()
+   where s.subscription_id = o.subscription_id;
 end;
 $$;
 
