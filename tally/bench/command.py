@@ -57,6 +57,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help=f"ledger rows and stored events to grow to before measuring flatness"
         f" (default {DEFAULT_HISTORY_ROWS:,}; --quick: {QUICK_HISTORY_ROWS:,}; 0 skips it)",
     )
+    parser.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="run only the older SQL-level benchmark (tally/bench_engine.py; its options follow)",
+    )
     parser.add_argument("--senders", type=int, default=16)
     parser.add_argument("--hot-senders", type=int, default=32)
     return parser.parse_args(argv)
