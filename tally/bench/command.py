@@ -35,6 +35,7 @@ from tally.bench.renewals import Subscribers
 from tally.bench.report import Figure, Skipped, failed_checks, table, write_json
 from tally.bench.server import Server, given_server, redact, throwaway_server
 from tally.dev import StackError, new_webhook_secret
+from tally.paths import ROOT
 from tally.pg import PostgresUnavailable
 
 DEFAULT_HISTORY_ROWS = 1_000_000
@@ -258,6 +259,10 @@ def interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else list(argv)
     if "--engine-only" in args_in:
+        # bench_engine builds its events with tests/support, which is not
+        # installed: it is found from the checkout, as pytest finds it.
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
         from tally import bench_engine
 
         args_in.remove("--engine-only")
