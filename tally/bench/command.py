@@ -178,10 +178,11 @@ def print_report(
 
 def print_cpu(figures: list[Figure | Skipped]) -> None:
     print("\nCPU ms per call, by process (all processes share the machine's CPUs):")
-    for figure in figures:
-        if isinstance(figure, Figure) and figure.cpu_ms:
-            parts = ", ".join(f"{name} {ms:.2f}" for name, ms in figure.cpu_ms.items())
-            print(f"  {figure.title:<62} {parts}")
+    metered = [f for f in figures if isinstance(f, Figure) and f.cpu_ms]
+    width = max((len(f.title) for f in metered), default=0)
+    for figure in metered:
+        parts = ", ".join(f"{name} {ms:.2f}" for name, ms in figure.cpu_ms.items())
+        print(f"  {figure.title:<{width}}  {parts}")
 
 
 def print_nested(nested: dict[str, Any]) -> None:
