@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "test": Subcommand("run the whole test suite against a real PostgreSQL", "pytest"),
     "dev": Subcommand("keep the local stack running (for `stripe listen`)", "tally.dev"),
     "ops": Subcommand("operator jobs: events, retry, replay, reconcile, explain...", "tally.ops"),
-    "bench": Subcommand("measure the engine's speed (docs/benchmarks.md)", "tally.bench_engine"),
+    "bench": Subcommand("measure speed against the targets (docs/benchmarks.md)", "tally.bench"),
     "stripe-setup": Subcommand(
         "create or update the Stripe portal configuration and webhook endpoint",
         "tally.stripe_setup",
