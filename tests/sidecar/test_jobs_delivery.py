@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from sidecar.config import Config, ConfigError
 from sidecar.context import METRICS
 from sidecar.jobs.loop import BACKGROUND_TASKS
 from sidecar.observability import JsonFormatter
@@ -337,3 +338,30 @@ async def test_a_failed_attempt_logs_one_line_without_payload_or_secret(
 
 async def test_without_an_app_webhook_url_nothing_is_delivered(sidecar):
     assert set(sidecar.app[BACKGROUND_TASKS]) == {"expire_holds", "apply_ready_stripe_events"}
+
+
+# -- settings ------------------------------------------------------------------------------
+
+ENVIRONMENT = {
+    "STRIPE_WEBHOOK_SECRETS": "whsec_one",
+    "STRIPE_SECRET_KEY": "sk_test_secretvalue",
+    "APP_BASE_URL": "https://app.example.com",
+    "DATABASE_URL": "postgresql://postgres@db.example.com/postgres",
+    "SUPABASE_JWT_SECRET": "jwt-secret-value",
+    "APP_WEBHOOK_URL": "https://backend.example.com/hooks/credits",
+    "APP_WEBHOOK_SECRET": APP_SECRET,
+}
+
+
+def test_the_delivery_timeout_defaults_to_ten_seconds():
+    assert Config.from_env(ENVIRONMENT).app_webhook_timeout == 10
+
+
+def test_the_delivery_timeout_is_read_from_app_webhook_timeout():
+    assert Config.from_env({**ENVIRONMENT, "APP_WEBHOOK_TIMEOUT": "2.5"}).app_webhook_timeout == 2.5
+
+
+def test_a_delivery_timeout_over_a_minute_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({**ENVIRONMENT, "APP_WEBHOOK_TIMEOUT": "600"})
+    assert caught.value.problems == ["APP_WEBHOOK_TIMEOUT must be between 0.1 and 60"]
