@@ -24,6 +24,7 @@ DEFAULT_DB_TIMEOUT = 5.0
 DEFAULT_STRIPE_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_REPLAY_INTERVAL = 600
+DEFAULT_APP_WEBHOOK_TIMEOUT = 10.0
 DEFAULT_BILLING_RATE_LIMIT = 10
 DEFAULT_BILLING_RATE_WINDOW = 60
 LOCAL_HOSTNAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
@@ -89,6 +90,8 @@ class Config:
     # Balance events for the app's backend, signed the Standard Webhooks way.
     app_webhook_url: str | None = None
     app_webhook_secret: str | None = field(default=None, repr=False)
+    # One delivery to APP_WEBHOOK_URL that takes longer counts as a failed attempt.
+    app_webhook_timeout: float = DEFAULT_APP_WEBHOOK_TIMEOUT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -282,7 +285,12 @@ class _Reader:
             self.problems.append("APP_WEBHOOK_SECRET must be whsec_ followed by base64")
         if url:
             self.check_url("APP_WEBHOOK_URL", url, env)
-        return {"app_webhook_url": url, "app_webhook_secret": secret}
+        timeout = self.number("APP_WEBHOOK_TIMEOUT", DEFAULT_APP_WEBHOOK_TIMEOUT, float, 0.1, 60)
+        return {
+            "app_webhook_url": url,
+            "app_webhook_secret": secret,
+            "app_webhook_timeout": timeout,
+        }
 
     def check_url(self, name: str, url: str, env: Environment) -> None:
         parts = urlsplit(url)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LOGGER_NAME = "sidecar"
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
@@ -75,6 +75,43 @@ class Metrics:
             "tally_http_responses",
             "HTTP responses by route and status",
             ["route", "status"],
+            registry=self.registry,
+        )
+        self.add_background_metrics()
+
+    def add_background_metrics(self) -> None:
+        """Balance events for the app's backend and the housekeeping jobs."""
+        self.balance_deliveries = Counter(
+            "tally_balance_event_deliveries",
+            "Deliveries of balance events to APP_WEBHOOK_URL by type and outcome",
+            ["type", "outcome"],
+            registry=self.registry,
+        )
+        self.balance_pending = Gauge(
+            "tally_balance_events_pending",
+            "Balance events not yet delivered",
+            registry=self.registry,
+        )
+        self.balance_failing = Gauge(
+            "tally_balance_events_failing",
+            "Balance events not yet delivered that failed at least once",
+            registry=self.registry,
+        )
+        self.balance_oldest_seconds = Gauge(
+            "tally_balance_events_oldest_seconds",
+            "Age of the oldest balance event not yet delivered",
+            registry=self.registry,
+        )
+        self.housekeeping = Counter(
+            "tally_housekeeping_items",
+            "What the housekeeping jobs did: holds expired, parked events applied",
+            ["job"],
+            registry=self.registry,
+        )
+        self.job_failures = Counter(
+            "tally_background_job_failures",
+            "Rounds of a background job that failed (database unavailable or refused)",
+            ["job"],
             registry=self.registry,
         )
 

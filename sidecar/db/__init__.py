@@ -76,6 +76,30 @@ class Database(Protocol):
         """The Stripe price id and active flag of a plan or pack key, or None."""
         ...
 
+    async def claim_balance_events(
+        self, max_events: int, lease_seconds: int
+    ) -> list[ClaimedBalanceEvent]:
+        """``public.claim_balance_events``: due events, leased to this caller."""
+        ...
+
+    async def finish_balance_event(
+        self, outbox_id: int, delivered: bool, error: str | None = None
+    ) -> None:
+        """``public.finish_balance_event``: a delivery, or a failed attempt (retried later)."""
+        ...
+
+    async def balance_event_backlog(self) -> BalanceEventBacklog:
+        """``public.balance_event_backlog``: what waits for delivery."""
+        ...
+
+    async def expire_holds(self, max_holds: int) -> int:
+        """``public.expire_holds``: how many holds were marked expired."""
+        ...
+
+    async def apply_ready_stripe_events(self, max_events: int) -> int:
+        """``public.apply_ready_stripe_events``: how many woken events were applied."""
+        ...
+
     async def ping(self) -> None:
         """Raise DatabaseUnavailable unless the database answers."""
         ...
@@ -100,6 +124,26 @@ class RateLimit:
     retry_after: int
 
 
+@dataclass(frozen=True)
+class ClaimedBalanceEvent:
+    """A balance event leased for delivery: its outbox id, JSON body and past attempts."""
+
+    outbox_id: int
+    payload: JSON
+    attempts: int
+
+    @property
+    def type(self) -> str:
+        return str(self.payload.get("type", "unknown"))
+
+
+@dataclass(frozen=True)
+class BalanceEventBacklog:
+    pending: int
+    failing: int
+    oldest_seconds: int
+
+
 def plan_of(row: JSON) -> Plan:
     return Plan(
         key=str(row["key"]),
@@ -111,3 +155,29 @@ def plan_of(row: JSON) -> Plan:
 
 def rate_limit_of(value: JSON) -> RateLimit:
     return RateLimit(allowed=bool(value["allowed"]), retry_after=int(value["retry_after"]))
+
+
+def claimed_events_of(value: Any) -> list[ClaimedBalanceEvent]:
+    if not isinstance(value, list):
+        raise DatabaseError(None, "claim_balance_events returned no JSON array")
+    return [
+        ClaimedBalanceEvent(
+            outbox_id=int(item["id"]), payload=dict(item["payload"]), attempts=int(item["attempts"])
+        )
+        for item in value
+    ]
+
+
+def backlog_of(value: JSON) -> BalanceEventBacklog:
+    return BalanceEventBacklog(
+        pending=int(value["pending"]),
+        failing=int(value["failing"]),
+        oldest_seconds=int(value["oldest_seconds"]),
+    )
+
+
+def count_of(value: Any) -> int:
+    """An integer a function returned (PostgREST sends it as a JSON number)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DatabaseError(None, "the database function returned no integer")
+    return int(value)

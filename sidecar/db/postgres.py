@@ -15,11 +15,16 @@ import asyncpg
 from sidecar.db import (
     CATALOG_TABLES,
     JSON,
+    BalanceEventBacklog,
     CatalogKind,
+    ClaimedBalanceEvent,
     DatabaseError,
     DatabaseUnavailable,
     Plan,
     RateLimit,
+    backlog_of,
+    claimed_events_of,
+    count_of,
     is_retryable,
     plan_of,
     rate_limit_of,
@@ -122,6 +127,33 @@ class PostgresDatabase:
             window_seconds,
         )
         return rate_limit_of(_json_object(result))
+
+    async def claim_balance_events(
+        self, max_events: int, lease_seconds: int
+    ) -> list[ClaimedBalanceEvent]:
+        result = await self._fetchval(
+            "select public.claim_balance_events($1, $2)::text", max_events, lease_seconds
+        )
+        return claimed_events_of(json.loads(result))
+
+    async def finish_balance_event(
+        self, outbox_id: int, delivered: bool, error: str | None = None
+    ) -> None:
+        await self._fetchval(
+            "select public.finish_balance_event($1, $2, $3)", outbox_id, delivered, error
+        )
+
+    async def balance_event_backlog(self) -> BalanceEventBacklog:
+        result = await self._fetchval("select public.balance_event_backlog()::text")
+        return backlog_of(_json_object(result))
+
+    async def expire_holds(self, max_holds: int) -> int:
+        return count_of(await self._fetchval("select public.expire_holds($1)", max_holds))
+
+    async def apply_ready_stripe_events(self, max_events: int) -> int:
+        return count_of(
+            await self._fetchval("select public.apply_ready_stripe_events($1)", max_events)
+        )
 
     async def ping(self) -> None:
         await self._fetchval("select 1")

@@ -18,11 +18,16 @@ from postgrest.exceptions import APIError
 from sidecar.db import (
     CATALOG_TABLES,
     JSON,
+    BalanceEventBacklog,
     CatalogKind,
+    ClaimedBalanceEvent,
     DatabaseError,
     DatabaseUnavailable,
     Plan,
     RateLimit,
+    backlog_of,
+    claimed_events_of,
+    count_of,
     is_retryable,
     plan_of,
     rate_limit_of,
@@ -101,6 +106,27 @@ class PostgrestDatabase:
     ) -> RateLimit:
         params = {"user_id": user_id, "max_calls": max_calls, "window_seconds": window_seconds}
         return rate_limit_of(_json_object(await self._rpc("hit_billing_rate_limit", params)))
+
+    async def claim_balance_events(
+        self, max_events: int, lease_seconds: int
+    ) -> list[ClaimedBalanceEvent]:
+        params = {"max_events": max_events, "lease_seconds": lease_seconds}
+        return claimed_events_of(await self._rpc("claim_balance_events", params))
+
+    async def finish_balance_event(
+        self, outbox_id: int, delivered: bool, error: str | None = None
+    ) -> None:
+        params = {"event_id": outbox_id, "delivered": delivered, "error": error}
+        await self._rpc("finish_balance_event", params)
+
+    async def balance_event_backlog(self) -> BalanceEventBacklog:
+        return backlog_of(_json_object(await self._rpc("balance_event_backlog", {})))
+
+    async def expire_holds(self, max_holds: int) -> int:
+        return count_of(await self._rpc("expire_holds", {"max_holds": max_holds}))
+
+    async def apply_ready_stripe_events(self, max_events: int) -> int:
+        return count_of(await self._rpc("apply_ready_stripe_events", {"max_events": max_events}))
 
     async def ping(self) -> None:
         # A real round trip to the database, not just to PostgREST.
