@@ -102,6 +102,9 @@ class PostgrestDatabase:
         params = {"user_id": user_id, "max_calls": max_calls, "window_seconds": window_seconds}
         return rate_limit_of(_json_object(await self._rpc("hit_billing_rate_limit", params)))
 
+    async def call(self, function: str, args: JSON) -> Any:
+        return await self._rpc(function, args)
+
     async def ping(self) -> None:
         # A real round trip to the database, not just to PostgREST.
         await self.get_billing_profile(NIL_UUID)
