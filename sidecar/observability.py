@@ -77,6 +77,19 @@ class Metrics:
             ["route", "status"],
             registry=self.registry,
         )
+        self.replay_runs = Counter(
+            "tally_replay_runs",
+            "Periodic replays of undelivered Stripe events: done, skipped (another machine's"
+            " window) or failed",
+            ["result"],
+            registry=self.registry,
+        )
+        self.replayed_events = Counter(
+            "tally_replayed_events",
+            "Undelivered Stripe events replayed, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
 
 
 class Stopwatch:
