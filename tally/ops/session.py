@@ -125,6 +125,7 @@ class Ops:
 async def open_ops(settings: Settings) -> AsyncIterator[Ops]:
     database = await _open_database(settings)
     try:
+        await database.ping()  # fail before any work, not half-way through it
         async with aiohttp.ClientSession() as http:
             stripe = (
                 StripeApi(
