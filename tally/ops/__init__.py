@@ -20,5 +20,6 @@ from __future__ import annotations
 
 from tally.ops.cli import main, run
 from tally.ops.output import render_table
+from tally.ops.reconcile import balance_mismatches
 
-__all__ = ["main", "render_table", "run"]
+__all__ = ["balance_mismatches", "main", "render_table", "run"]

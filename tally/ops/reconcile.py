@@ -19,6 +19,9 @@ import argparse
 from collections.abc import Iterable
 from dataclasses import asdict
 
+import psycopg
+from psycopg.rows import tuple_row
+
 from sidecar.replay import Replayed, apply_raw_event
 from sidecar.stripe_api import StripeApi
 from tally.ops.compare import Comparison, Difference, Records, Unlisted, compare, extra, objects_of
@@ -73,6 +76,13 @@ async def run_reconcile(ops: Ops, args: argparse.Namespace) -> int:
         report_ledger(ledger, as_json=False)
         report_stripe(report, found.differences, repaired=args.repair)
     return Exit.DIFFERS if ledger["mismatches"] or remaining else Exit.OK
+
+
+def balance_mismatches(conn: psycopg.Connection) -> list[Row]:
+    """The ledger check over a psycopg connection the caller holds (the demo's)."""
+    cursor = conn.cursor(row_factory=tuple_row)
+    row = cursor.execute("select public.reconcile_balances()").fetchone()
+    return list(row[0]["mismatches"]) if row else []
 
 
 async def compare_with_tally(ops: Ops, facts: list[Fact], since: int) -> Comparison:
