@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from sidecar import billing, bodies, cors, jobs, metrics, plan_change, webhooks
+from sidecar import billing, bodies, cors, jobs, metrics, plan_change, replay, webhooks
 from sidecar.auth import JwksCache, TokenVerifier
 from sidecar.config import Config
 from sidecar.context import CONFIG, DATABASE, HTTP, METRICS, STRIPE, TOKENS
@@ -30,6 +30,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app.cleanup_ctx.extend([http_session, database, stripe_api, token_verifier])
     jobs.add_jobs(app, config)
+    app.cleanup_ctx.append(replay.periodic_replay)  # needs the database and Stripe above
     app.router.add_post("/webhooks/stripe", webhooks.stripe_webhook)
     app.router.add_post("/billing/checkout", billing.checkout)
     app.router.add_post("/billing/portal", billing.portal)

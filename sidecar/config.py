@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+from sidecar.events import key_is_live
+
 Environment = Literal["development", "production"]
 Transport = Literal["postgres", "postgrest"]
 N = TypeVar("N", int, float)
@@ -101,11 +103,7 @@ class Config:
     @property
     def stripe_key_is_live(self) -> bool | None:
         """Whether STRIPE_SECRET_KEY is a live-mode key (None: cannot tell)."""
-        for prefix, is_live in (("sk_live_", True), ("rk_live_", True), ("sk_test_", False),
-                                ("rk_test_", False)):  # fmt: skip
-            if self.stripe_secret_key.startswith(prefix):
-                return is_live
-        return None
+        return key_is_live(self.stripe_secret_key)
 
     @property
     def warnings(self) -> list[str]:

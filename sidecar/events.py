@@ -75,6 +75,14 @@ HANDLED_TYPES = frozenset(
     + INVOICE_PAYMENT_TYPES
 )
 
+# Secret and restricted keys name their mode.
+KEY_MODES = {"sk_live_": True, "rk_live_": True, "sk_test_": False, "rk_test_": False}
+# A body whose stored copy differs from what Stripe signed: never applied as stored.
+REPLACED_CHARACTERS_PROBLEM = (
+    "the body contains NUL characters or unpaired surrogates, which the database"
+    " cannot store (replaced with U+FFFD in the stored copy)"
+)
+
 CHECKOUT_MODES = {"payment", "subscription", "setup"}
 PAYMENT_STATUSES = {"paid", "unpaid", "no_payment_required"}
 SUBSCRIPTION_STATUSES = {
@@ -368,10 +376,7 @@ def _envelope_problem(env: Envelope) -> str | None:
     """What the envelope lacks for the event to be applied."""
     raw = env.raw
     if env.replaced_characters:
-        return (
-            "the body contains NUL characters or unpaired surrogates, which the database"
-            " cannot store (replaced with U+FFFD in the stored copy)"
-        )
+        return REPLACED_CHARACTERS_PROBLEM
     if env.created is None:
         return "created is missing or not a Unix time"
     if "livemode" in raw and env.livemode is None:
@@ -704,6 +709,14 @@ _READERS: dict[str, tuple[str, Reader]] = {
     **dict.fromkeys(DISPUTE_TYPES, ("dispute", read_dispute)),
     **dict.fromkeys(INVOICE_PAYMENT_TYPES, ("invoice_payment", read_invoice_payment)),
 }
+
+
+def key_is_live(secret_key: str) -> bool | None:
+    """Whether a Stripe API key is a live-mode key (None: cannot tell)."""
+    for prefix, is_live in KEY_MODES.items():
+        if secret_key.startswith(prefix):
+            return is_live
+    return None
 
 
 def livemode_problem(env: Envelope, key_is_live: bool | None) -> str | None:

@@ -77,7 +77,24 @@ class Metrics:
             ["route", "status"],
             registry=self.registry,
         )
+        self.add_replay_metrics()
         self.add_background_metrics()
+
+    def add_replay_metrics(self) -> None:
+        """Replays of undelivered Stripe events, periodic or by the operator."""
+        self.replay_runs = Counter(
+            "tally_replay_runs",
+            "Periodic replays of undelivered Stripe events: done, skipped (another machine's"
+            " window) or failed",
+            ["result"],
+            registry=self.registry,
+        )
+        self.replayed_events = Counter(
+            "tally_replayed_events",
+            "Undelivered Stripe events replayed, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
 
     def add_background_metrics(self) -> None:
         """Balance events for the app's backend and the housekeeping jobs."""

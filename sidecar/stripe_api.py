@@ -16,9 +16,10 @@ answering a browser gets its 502 quickly. Every failure becomes
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,7 +28,10 @@ import stripe
 from stripe import RequestOptions
 from stripe.params import (
     CustomerCreateParams,
+    DisputeListParams,
     EventListParams,
+    InvoiceListParams,
+    RefundListParams,
     SubscriptionScheduleUpdateParams,
     SubscriptionUpdateParams,
 )
@@ -321,18 +325,93 @@ class StripeApi:
             "created": {"gte": created_gte},
             "limit": LIST_PAGE_SIZE,
         }
+        async for event in self._every(
+            "list undelivered events", self.client.v1.events.list_async, params
+        ):
+            yield event
+
+    # -- reading for reconciliation ------------------------------------------------------------
+
+    async def paid_invoices(self, created_gte: int) -> AsyncIterator[JSON]:
+        """Paid invoices created since ``created_gte``, newest first, raw (first lines only)."""
+        params: InvoiceListParams = {
+            "status": "paid",
+            "created": {"gte": created_gte},
+            "limit": LIST_PAGE_SIZE,
+        }
+        async for invoice in self._every(
+            "list paid invoices", self.client.v1.invoices.list_async, params
+        ):
+            yield invoice
+
+    async def completed_checkout_sessions(self, created_gte: int) -> AsyncIterator[JSON]:
+        """Completed Checkout Sessions created since ``created_gte``, newest first, raw."""
+        params: CheckoutSessionListParams = {
+            "status": "complete",
+            "created": {"gte": created_gte},
+            "limit": LIST_PAGE_SIZE,
+        }
+        async for session in self._every(
+            "list Checkout Sessions", self.client.v1.checkout.sessions.list_async, params
+        ):
+            yield session
+
+    async def refunds(self, created_gte: int) -> AsyncIterator[JSON]:
+        """Refunds created since ``created_gte``, each with its charge expanded, raw."""
+        params: RefundListParams = {
+            "created": {"gte": created_gte},
+            "limit": LIST_PAGE_SIZE,
+            "expand": ["data.charge"],
+        }
+        async for refund in self._every("list refunds", self.client.v1.refunds.list_async, params):
+            yield refund
+
+    async def disputes(self, created_gte: int) -> AsyncIterator[JSON]:
+        """Disputes created since ``created_gte``, newest first, raw."""
+        params: DisputeListParams = {"created": {"gte": created_gte}, "limit": LIST_PAGE_SIZE}
+        async for dispute in self._every(
+            "list disputes", self.client.v1.disputes.list_async, params
+        ):
+            yield dispute
+
+    async def invoice(self, invoice_id: str) -> JSON | None:
+        """The invoice, raw; None when Stripe has no such invoice."""
+        return await self._find(
+            "read the invoice", lambda: self.client.v1.invoices.retrieve_async(invoice_id)
+        )
+
+    async def checkout_session(self, session_id: str) -> JSON | None:
+        """The Checkout Session, raw; None when Stripe has no such session."""
+        return await self._find(
+            "read the Checkout Session",
+            lambda: self.client.v1.checkout.sessions.retrieve_async(session_id),
+        )
+
+    async def _find(
+        self, operation: str, call: Callable[[], Awaitable[stripe.StripeObject]]
+    ) -> JSON | None:
+        try:
+            return raw(await self._call(operation, call))
+        except StripeUnavailable as unavailable:
+            cause = unavailable.__cause__
+            if isinstance(cause, stripe.InvalidRequestError) and cause.http_status == 404:
+                return None
+            raise
+
+    async def _every(
+        self,
+        operation: str,
+        list_page: Callable[[Any], Awaitable[stripe.ListObject[Any]]],
+        params: Mapping[str, Any],
+    ) -> AsyncIterator[JSON]:
+        """Every object of a list, page by page: each page is one bounded call."""
         while True:
-            page = await self._events_page(params)
-            for event in page.data:
-                yield raw(event)
+            page = await self._call(operation, functools.partial(list_page, params))
+            for obj in page.data:
+                yield raw(obj)
             if not page.has_more or not page.data:
                 return
             params = {**params, "starting_after": page.data[-1].id}
-
-    async def _events_page(self, params: EventListParams) -> stripe.ListObject[stripe.Event]:
-        return await self._call(
-            "list undelivered events", lambda: self.client.v1.events.list_async(params)
-        )
 
 
 def _log_failure(operation: str, error: stripe.StripeError) -> None:

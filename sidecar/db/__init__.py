@@ -104,6 +104,11 @@ class Database(Protocol):
         """Raise DatabaseUnavailable unless the database answers."""
         ...
 
+    async def call(self, function: str, args: JSON) -> Any:
+        """``public.<function>`` with named arguments given as JSON values, as PostgREST
+        takes them (timestamps as ISO text); its result as JSON (None for void)."""
+        ...
+
     async def close(self) -> None: ...
 
 

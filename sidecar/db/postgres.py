@@ -8,6 +8,7 @@ sidecar starts (and answers /healthz) while the database is still down.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import asyncpg
@@ -32,12 +33,25 @@ from sidecar.db import (
 
 # Failures of the connection itself, as opposed to errors the server reported.
 CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+# A function or argument name, as PostgREST reads it from a URL (and safe to quote).
+NAME = re.compile(r"[a-z_][a-z0-9_]*")
+# Every public function of a name: argument names and types, defaults, result type.
+SIGNATURES_SQL = """
+select coalesce(json_agg(json_build_object(
+         'names', coalesce(p.proargnames, '{}'),
+         'types', array(select format_type(t, null) from unnest(p.proargtypes) t),
+         'defaults', p.pronargdefaults,
+         'returns', format_type(p.prorettype, null))), '[]')::text
+  from pg_proc p
+ where p.pronamespace = 'public'::regnamespace and p.proname = $1
+"""
 
 
 class PostgresDatabase:
     def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
         self.pool = pool
         self.timeout = timeout
+        self._calls: dict[tuple[str, tuple[str, ...]], str] = {}
 
     @classmethod
     async def open(
@@ -158,8 +172,44 @@ class PostgresDatabase:
     async def ping(self) -> None:
         await self._fetchval("select 1")
 
+    async def call(self, function: str, args: JSON) -> Any:
+        names = tuple(sorted(args))
+        sql = self._calls.get((function, names))
+        if sql is None:
+            sql = self._calls[function, names] = await self._call_sql(function, names)
+        result = await self._fetchval(sql, *([json.dumps(args)] if args else []))
+        return json.loads(result) if isinstance(result, str) else None
+
+    async def _call_sql(self, function: str, names: tuple[str, ...]) -> str:
+        """The statement calling ``public.<function>`` with ``names``, as PostgREST builds it:
+        the function whose arguments include every name and need no other."""
+        if not all(NAME.fullmatch(name) for name in (function, *names)):
+            raise DatabaseError("42883", f"not a function or argument name: {function}")
+        for signature in json.loads(await self._fetchval(SIGNATURES_SQL, function)):
+            types = dict(zip(signature["names"], signature["types"], strict=False))
+            required = signature["names"][: len(signature["types"]) - signature["defaults"]]
+            if set(names) <= types.keys() and set(required) <= set(names):
+                arguments = ", ".join(f'"{n}" => {_argument(n, types[n])}' for n in names)
+                call = f'public."{function}"({arguments})'
+                if signature["returns"] == "void":
+                    return f"select {call}"
+                return f"select to_jsonb({call})::text"
+        raise DatabaseError("42883", f"no function public.{function}({', '.join(names)})")
+
     async def close(self) -> None:
         await self.pool.close()
+
+
+def _argument(name: str, kind: str) -> str:
+    """The argument ``name`` of the JSON document $1, as a value of type ``kind``."""
+    if kind in ("json", "jsonb"):
+        return f"($1::jsonb -> '{name}')::{kind}"
+    if kind.endswith("[]"):
+        return (
+            f"case when jsonb_typeof($1::jsonb -> '{name}') = 'array' then array("
+            f"select jsonb_array_elements_text($1::jsonb -> '{name}'))::{kind} end"
+        )
+    return f"($1::jsonb ->> '{name}')::{kind}"
 
 
 def _json_object(text: str | None) -> JSON:

@@ -107,6 +107,9 @@ class PostgrestDatabase:
         params = {"user_id": user_id, "max_calls": max_calls, "window_seconds": window_seconds}
         return rate_limit_of(_json_object(await self._rpc("hit_billing_rate_limit", params)))
 
+    async def call(self, function: str, args: JSON) -> Any:
+        return await self._rpc(function, args)
+
     async def claim_balance_events(
         self, max_events: int, lease_seconds: int
     ) -> list[ClaimedBalanceEvent]:

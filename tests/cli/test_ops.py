@@ -1,4 +1,4 @@
-"""tally/ops.py: each operator job is one command against a real database."""
+"""tally/ops: each operator job is one command against a real database."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_events_says_so_when_nothing_is_parked_or_rejected(database_url, capsys)
 
 
 def test_retry_with_nothing_rejected_retries_nothing(database_url, capsys):
-    assert run_ops(database_url, "retry") == 0
+    assert run_ops(database_url, "retry", "--json") == 0
     assert json.loads(capsys.readouterr().out)["retried"] == 0
 
 

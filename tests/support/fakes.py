@@ -142,7 +142,9 @@ class FakePostgrest:
             for name, kind in arg_types
         )
         result = await self._run(
-            claims, f'select to_jsonb(public."{function}"({call}))::text', json.dumps(args)
+            claims,
+            f'select to_jsonb(public."{function}"({call}))::text',
+            *([json.dumps(args)] if arg_types else []),  # a call without arguments has no $1
         )
         if isinstance(result, web.Response):
             return result
