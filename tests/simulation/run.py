@@ -188,44 +188,67 @@ def _check(
 
 @dataclass
 class _Spender:
-    """The app spending (and now and then giving back) credits while webhooks arrive."""
+    """The app spending, holding and now and then giving back credits while webhooks arrive."""
 
     dsn: str
     users: list[str]
     rng: random.Random
     stop: bool = False
     results: Counter[str] = field(default_factory=Counter)
+    spent: list[tuple[str, str]] = field(default_factory=list)  # (user, key) not yet reversed
+    held: list[tuple[str, str]] = field(default_factory=list)  # (user, key) not yet finished
 
     async def run(self) -> None:
-        keys: list[str] = []
         while not self.stop:
             try:
                 async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
                     await conn.execute("set role service_role")
                     while not self.stop:
-                        await self._one(conn, keys)
+                        await self._one(conn)
+                        await asyncio.sleep(0)
             except psycopg.OperationalError:
                 self.results["connection lost"] += 1
                 await asyncio.sleep(0.1)
 
-    async def _one(self, conn: psycopg.AsyncConnection, keys: list[str]) -> None:
-        if keys and self.rng.random() < 0.1:
-            key = keys.pop(self.rng.randrange(len(keys)))
-            await conn.execute("select public.reverse_spend(%s)", (key,))
+    async def _one(self, conn: psycopg.AsyncConnection) -> None:
+        roll = self.rng.random()
+        if self.spent and roll < 0.1:
+            user, key = self.spent.pop(self.rng.randrange(len(self.spent)))
+            await conn.execute("select public.reverse_spend(%s::uuid, %s)", (user, key))
             self.results["reversed"] += 1
-            return
-        key = f"chaos-{uuid.uuid4()}"
-        user = self.rng.choice(self.users)
+        elif self.held and roll < 0.25:
+            await self._finish_hold(conn)
+        elif roll < 0.4:
+            await self._try(conn, "reserve_credits", "reserved", self.held)
+        else:
+            await self._try(conn, "spend_credits", "spent", self.spent)
+
+    async def _try(
+        self, conn: psycopg.AsyncConnection, function: str, done: str, keys: list
+    ) -> None:
+        """Spend or reserve a random amount; PT402 (not enough available) is expected."""
+        user, key = self.rng.choice(self.users), f"chaos-{uuid.uuid4()}"
+        amount = self.rng.randrange(1, 3000)
         try:
+            # Long-lived holds: an expiry in the middle of a run would only blur the counts.
+            ttl = ", 86400" if function == "reserve_credits" else ""
             await conn.execute(
-                "select public.spend_credits(%s::uuid, %s, %s)",
-                (user, self.rng.randrange(1, 3000), key),
+                f"select public.{function}(%s::uuid, %s, %s{ttl})", (user, amount, key)
             )
         except psycopg.errors.DatabaseError as problem:
             if problem.sqlstate != "PT402":
                 raise
             self.results["refused (PT402)"] += 1
         else:
-            self.results["spent"] += 1
-            keys.append(key)
-        await asyncio.sleep(0)
+            self.results[done] += 1
+            keys.append((user, key))
+
+    async def _finish_hold(self, conn: psycopg.AsyncConnection) -> None:
+        user, key = self.held.pop(self.rng.randrange(len(self.held)))
+        if self.rng.random() < 0.7:
+            amount = self.rng.choice([None, self.rng.randrange(0, 3000)])
+            await conn.execute("select public.commit_hold(%s::uuid, %s, %s)", (user, key, amount))
+            self.results["committed"] += 1
+        else:
+            await conn.execute("select public.release_hold(%s::uuid, %s)", (user, key))
+            self.results["released"] += 1
