@@ -80,6 +80,30 @@ def read_states(conn: psycopg.Connection, user_ids: Iterable[str]) -> dict[str, 
     return {row[0]: UserState(row[1], row[2], row[3]) for row in rows}
 
 
+@dataclass(frozen=True)
+class Balance:
+    """A user's row of public.credit_balances, as the app reads it."""
+
+    plan_credits: int
+    addon_credits: int
+    held_credits: int
+    available_credits: int
+    subscription_status: str | None
+
+    @property
+    def total_credits(self) -> int:
+        return self.plan_credits + self.addon_credits
+
+
+def read_balances(conn: psycopg.Connection, user_ids: Iterable[str]) -> dict[str, Balance]:
+    rows = conn.execute(
+        "select user_id::text, plan_credits, addon_credits, held_credits, available_credits,"
+        " subscription_status from public.credit_balances where user_id = any(%s::uuid[])",
+        (list(user_ids),),
+    ).fetchall()
+    return {row[0]: Balance(*row[1:]) for row in rows}
+
+
 def comparable(states: Mapping[str, UserState]) -> dict[str, tuple[int, int, str | None]]:
     """The parts of a state the engine must reproduce exactly."""
     return {

@@ -101,9 +101,16 @@ class Invoice:
 
     @property
     def upgrade_price(self) -> str | None:
-        """The plan an upgrade invoice moves to: its proration line that is not a credit."""
-        prices = [line.price_id for line in self.prorations if not line.is_credit]
-        return min((p for p in prices if p is not None), default=None)
+        """The plan an upgrade invoice moves to: its proration line that is not a credit.
+
+        An invoice can bill several changes at once (those made without invoicing,
+        then one with): the plan moved to last is the debit line that starts last.
+        """
+        debits = [line for line in self.prorations if not line.is_credit and line.price_id]
+        if not debits:
+            return None
+        latest = max(_or(line.start, 0) for line in debits)
+        return min(line.price_id for line in debits if _or(line.start, 0) == latest)
 
     @property
     def pays_period(self) -> bool:
@@ -536,11 +543,11 @@ def fold_allowance(
     plan of its time. Within one second the updates follow their chain, and an
     upgrade comes right after the change that moved to its plan; one whose change
     is not in that second comes first; the walk starts from the plan the period's
-    invoice billed. An upgrade billed while the subscription
-    is still on another plan, and moved to its plan only later (a change that
-    waits for its payment, `pending_if_incomplete`), counts right after that
-    move: the events in between show the plan the customer had not paid the
-    change of yet, not a downgrade.
+    invoice billed. An upgrade billed while the subscription is still on
+    another plan, paid later, and moved to its plan only once paid (a change
+    that waits for its payment, `pending_if_incomplete`), counts right after
+    that move: the events in between show the plan the customer had not paid
+    the change of yet, not a downgrade.
     """
     changes = [
         o
@@ -601,8 +608,20 @@ class _AllowanceFold:
         return self.state.status if self.state else None
 
     def _moves_later(self, grant: Grant, second: int) -> bool:
-        price = grant.invoice.upgrade_price
-        return any(o.price_id == price and o.observed_at > second for o in self.changes)
+        """Was the invoice paid later than billed, moving the subscription to its plan
+        only then (a change that waited for its payment)?"""
+        paid_at = grant.invoice.observed_at
+        if paid_at <= grant.invoice.billed_at:
+            return False
+        return any(self._applies(grant, o) for o in self.changes if o.observed_at > second)
+
+    @staticmethod
+    def _applies(grant: Grant, change: Observation) -> bool:
+        """The change a waiting upgrade waited for: to its plan, once it was paid."""
+        return (
+            change.price_id == grant.invoice.upgrade_price
+            and change.observed_at >= grant.invoice.observed_at
+        )
 
     def _move(self, state: Observation, upgrades: list[Grant]) -> None:
         """A subscription event: the allowance is at most its plan's, then what waited
@@ -613,7 +632,7 @@ class _AllowanceFold:
         if matched is not None:
             upgrades.remove(matched)
             self.allowance += matched.granted
-        for grant in [g for g in self.waiting if g.invoice.upgrade_price == state.price_id]:
+        for grant in [g for g in self.waiting if self._applies(g, state)]:
             self.waiting.remove(grant)
             self.allowance += grant.granted
 

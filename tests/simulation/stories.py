@@ -31,6 +31,18 @@ from tally.stripe_events import DAY, Payment, Purchase, StripeWorld, Subscriptio
 
 EPOCH = 1_780_000_000  # 2026-05-28; every story starts within 60 days of it
 TWIN_RATE = 0.03
+# Flows the random lives leave out while the engine mishandles them (each is a strict
+# xfail in tests/chaos/test_engine_findings.py, and the model already follows the
+# contract in tests/chaos/test_model.py). With them on, every run would stop at the
+# same finding and check nothing else; turn each on once its finding is fixed.
+#
+# A change whose invoice fails can wait for its payment (pending_if_incomplete, what the
+# sidecar asks Stripe for): the engine loses the upgrade when it is paid late
+# (test_an_upgrade_that_waited_for_its_payment_counts_once_paid).
+PENDING_CHANGES = False
+# Disputes of subscription payments: one delivered before its invoice is never applied
+# (test_a_dispute_delivered_before_its_invoice_takes_back_the_period).
+SUBSCRIPTION_DISPUTES = False
 
 
 @dataclass(frozen=True)
@@ -95,13 +107,13 @@ class CustomerLife:
             "buy_pack": 2,
             "cancel": 1,
             "refund_subscription": 0.6,
-            "dispute_subscription": 0.4,
+            "dispute_subscription": 0.4 if SUBSCRIPTION_DISPUTES else 0,
             "after_pack": 1.5,
             "switch_layout": 0.5,
         }
         if self.sub.cancel_at_period_end:
-            actions["resume"] = 0.5
-        return actions
+            actions["resume"] = 1.5
+        return {action: weight for action, weight in actions.items() if weight > 0}
 
     def perform(self, action: str) -> list[dict[str, Any]]:
         """Take one step (one of `actions()`); return the events it made Stripe send."""
@@ -167,7 +179,7 @@ class CustomerLife:
                 invoice_now=invoice_now,
                 same_second=self.rng.random() < 0.3,
                 paid=paid,
-                pending_if_incomplete=self.rng.random() < 0.5,
+                pending_if_incomplete=PENDING_CHANGES and self.rng.random() < 0.5,
             )
             self.record(events)
             if not paid:
