@@ -41,7 +41,7 @@ TWIN_RATE = 0.03
 # (test_an_upgrade_that_waited_for_its_payment_counts_once_paid).
 PENDING_CHANGES = False
 # Disputes of subscription payments: one delivered before its invoice is never applied
-# (test_a_dispute_delivered_before_its_invoice_takes_back_the_period).
+# (test_dispute_events_delivered_before_their_invoice_count).
 SUBSCRIPTION_DISPUTES = False
 
 
