@@ -26,7 +26,7 @@ from tests.simulation.database import (
     read_states,
 )
 from tests.simulation.delivery import DeliveryPlan, Sender, plan_deliveries
-from tests.simulation.model import Catalog, expected_states
+from tests.simulation.model import Catalog, UserState, World
 from tests.simulation.stories import Prices, Story, new_user_ids, write_stories
 from tests.simulation.typed import typed_events
 
@@ -79,6 +79,7 @@ class Report:
     outcomes: Counter[str] = field(default_factory=Counter)
     event_types: Counter[str] = field(default_factory=Counter)
     layouts: Counter[str] = field(default_factory=Counter)
+    invoices: Counter[str] = field(default_factory=Counter)  # "paid subscription_update"...
     faults: Counter[str] = field(default_factory=Counter)
     spends: Counter[str] = field(default_factory=Counter)
     gave_up: list[str] = field(default_factory=list)
@@ -156,6 +157,9 @@ def _report_of_plan(seed: int, stories: list[Story], plan: DeliveryPlan) -> Repo
         for event in story.events:
             report.event_types[event["type"]] += 1
             report.layouts[event["api_version"]] += 1
+            if event["type"].startswith("invoice."):
+                invoice = event["data"]["object"]
+                report.invoices[f"{invoice['status']} {invoice['billing_reason']}"] += 1
     return report
 
 
@@ -169,13 +173,15 @@ def _check(
     exact: bool,
 ) -> None:
     typed = typed_events(event for story in stories for event in story.events)
-    expected = expected_states(typed, catalog, users)
+    world = World(typed, catalog, users)
+    expected = {user: world.state_of(user) for user in users}
     owners = {story.customer_id: story.user_id for story in stories}
     with psycopg.connect(dsn, autocommit=True) as conn:
         actual = read_states(conn, users)
         report.violations = invariant_violations(
             conn, paid_facts(typed, catalog, owners), users=users
         )
+    report.violations += _beyond_what_was_paid(world, actual)
     if exact:
         report.mismatches = differences(expected, actual)
         return
@@ -184,6 +190,16 @@ def _check(
         ceiling = expected[user]
         if state.plan_credits > ceiling.plan_credits or state.addon_credits > ceiling.addon_credits:
             report.mismatches[user] = (ceiling, state)
+
+
+def _beyond_what_was_paid(world: World, actual: dict[str, UserState]) -> list[str]:
+    """The money model: no plan credits beyond what the current period's invoices paid for."""
+    problems = []
+    for user, state in actual.items():
+        paid_for = world.plan_ceiling(user)
+        if state.plan_credits > paid_for:
+            problems.append(f"user {user}: {state.plan_credits} plan credits, {paid_for} paid for")
+    return problems
 
 
 @dataclass
