@@ -483,9 +483,14 @@ def subscription(
     latest_invoice: str | None = None,
     livemode: bool = False,
     leading_prices: tuple[JSON, ...] = (),
+    pending_update: JSON | None = None,
 ) -> JSON:
     """A subscription (fixture ``subscription.json``): its plan item, after
-    ``leading_prices`` (other items listed first, a metered price say)."""
+    ``leading_prices`` (other items listed first, a metered price say).
+
+    ``pending_update``: a change made with ``payment_behavior=pending_if_incomplete``
+    whose invoice is not paid yet (the items stay as they were until it is).
+    """
     items = [
         subscription_item(
             layout=layout,
@@ -562,7 +567,7 @@ def subscription(
         },
         "pending_invoice_item_interval": None,
         "pending_setup_intent": None,
-        "pending_update": None,
+        "pending_update": copy.deepcopy(pending_update),
         "schedule": None,
         "start_date": created,
         "status": status,
@@ -1110,6 +1115,8 @@ class Subscription:
     pending_prorations: list[tuple[str, int, int]] = field(default_factory=list)
     # A downgrade scheduled for the period's end (a subscription schedule).
     scheduled_price_id: str | None = None
+    # A change waiting for its invoice to be paid (pending_if_incomplete).
+    pending_price_id: str | None = None
     payments: list[Payment] = field(default_factory=list)
 
 
@@ -1249,7 +1256,29 @@ class StripeWorld:
             ended_at=sub.ended_at,
             latest_invoice=sub.latest_invoice,
             livemode=self.livemode,
+            pending_update=self._pending_update(sub),
         )
+
+    def _pending_update(self, sub: Subscription) -> JSON | None:
+        """Stripe's ``pending_update``: the items the subscription moves to once paid."""
+        if sub.pending_price_id is None:
+            return None
+        item = subscription_item(
+            layout=self.layout,
+            id=sub.item_id,
+            subscription=sub.id,
+            price_obj=self.price_object(sub.pending_price_id),
+            created=sub.item_created,
+            current_period_start=sub.current_period_start,
+            current_period_end=sub.current_period_end,
+        )
+        return {
+            "billing_cycle_anchor": None,
+            "expires_at": self.clock.now + 23 * 3600,
+            "subscription_items": [item],
+            "trial_end": None,
+            "trial_from_plan": None,
+        }
 
     def charge_object(self, payment: Payment) -> JSON:
         return charge(
@@ -1289,6 +1318,8 @@ class StripeWorld:
         ):
             if key in changes or (key == "cancel_at" and "cancel_at_period_end" in changes):
                 prev[key] = old_obj[key]
+        if "pending_price_id" in changes:
+            prev["pending_update"] = old_obj["pending_update"]
         item_keys = {"price_id", "current_period_start", "current_period_end"}
         if item_keys & changes.keys():
             prev["items"] = old_obj["items"]
@@ -1502,12 +1533,20 @@ class StripeWorld:
         return self.renew(sub, paid=False)
 
     def retry_payment(self, sub: Subscription, *, paid: bool = True) -> list[JSON]:
-        """Retry the subscription's open invoice (after a failure or an incomplete start)."""
+        """Retry the subscription's open invoice (after a failure or an incomplete start).
+
+        Paying the invoice of a pending change applies the change.
+        """
         inv = self._open_invoices.pop(sub.id)
         self._tick(DAY)
         inv.attempt_count += 1
         events = self._attempt(inv, paid=paid)
-        if paid and sub.status in {"incomplete", "past_due", "unpaid"}:
+        if paid and sub.pending_price_id is not None:
+            changes = {"price_id": sub.price_id, "pending_price_id": sub.pending_price_id}
+            sub.price_id, sub.pending_price_id = sub.pending_price_id, None
+            self._tick()
+            events.append(self._subscription_updated(sub, changes))
+        elif paid and sub.status in {"incomplete", "past_due", "unpaid"}:
             changes = {"status": sub.status}
             sub.status = "active"
             self._tick()
@@ -1522,6 +1561,7 @@ class StripeWorld:
         invoice_now: bool = False,
         same_second: bool = False,
         paid: bool = True,
+        pending_if_incomplete: bool = False,
     ) -> list[JSON]:
         """Upgrade or downgrade within the period, with prorations.
 
@@ -1531,6 +1571,11 @@ class StripeWorld:
         (billing_reason ``subscription_update``): ``invoice.paid``, or
         ``invoice.payment_failed`` when not ``paid``; otherwise the prorations
         wait for the next renewal invoice.
+
+        With ``pending_if_incomplete`` (``payment_behavior``, what the sidecar
+        asks for) and an invoice that is not paid, the change waits: the
+        invoice fails, the update only shows a ``pending_update``, and the
+        price moves when ``retry_payment`` pays the invoice.
         """
         if not same_second:
             self._tick()
@@ -1539,12 +1584,16 @@ class StripeWorld:
         remaining = max(sub.current_period_end - self.clock.now, 0)
         credit = -round(self.prices.get(old_price, DEFAULT_AMOUNT) * remaining / period)
         debit = round(self.prices.get(new_price_id, DEFAULT_AMOUNT) * remaining / period)
-        sub.price_id = new_price_id
-        events = [self._subscription_updated(sub, {"price_id": old_price})]
         sub.pending_prorations += [
             (old_price, credit, self.clock.now),
             (new_price_id, debit, self.clock.now),
         ]
+        if pending_if_incomplete and invoice_now and not paid:
+            events = self._invoice_prorations(sub, paid=False)
+            sub.pending_price_id = new_price_id
+            return [*events, self._subscription_updated(sub, {"pending_price_id": None})]
+        sub.price_id = new_price_id
+        events = [self._subscription_updated(sub, {"price_id": old_price})]
         if invoice_now:
             events += self._invoice_prorations(sub, paid=paid)
         return events
@@ -1573,6 +1622,17 @@ class StripeWorld:
             return [self._subscription_updated(sub, changes)]
         sub.canceled_at = self.clock.now
         return self._end(sub)
+
+    def resume(self, sub: Subscription) -> list[JSON]:
+        """Undo a cancellation scheduled for the period's end (the portal's "renew plan")."""
+        self._tick()
+        changes = {
+            "cancel_at_period_end": sub.cancel_at_period_end,
+            "cancel_at": sub.cancel_at,
+            "canceled_at": sub.canceled_at,
+        }
+        sub.cancel_at_period_end, sub.cancel_at, sub.canceled_at = False, None, None
+        return [self._subscription_updated(sub, changes)]
 
     def end_of_period(self, sub: Subscription) -> list[JSON]:
         """A subscription scheduled to cancel reaches its period end: ``deleted``."""

@@ -265,6 +265,49 @@ def test_plan_change_invoiced_now_has_only_proration_lines():
     assert inv["amount_paid"] == sum(line["amount"] for line in inv["lines"]["data"]) > 0
 
 
+def test_a_change_waiting_for_its_payment_keeps_the_old_price_until_the_retry_pays():
+    world, sub, _ = subscribed("basil")
+    failed, pending = world.change_plan(
+        sub, "price_pro", invoice_now=True, paid=False, pending_if_incomplete=True
+    )
+    assert failed["type"] == "invoice.payment_failed"
+    assert failed["data"]["object"]["billing_reason"] == "subscription_update"
+    obj = pending["data"]["object"]
+    assert obj["items"]["data"][0]["price"]["id"] == "price_basic"
+    assert obj["pending_update"]["subscription_items"][0]["price"]["id"] == "price_pro"
+    assert pending["data"]["previous_attributes"] == {"pending_update": None}
+    paid, *_, moved = world.retry_payment(sub)
+    assert (paid["type"], paid["data"]["object"]["id"]) == (
+        "invoice.paid",
+        failed["data"]["object"]["id"],
+    )
+    assert moved["data"]["object"]["items"]["data"][0]["price"]["id"] == "price_pro"
+    assert moved["data"]["object"]["pending_update"] is None
+    assert moved["data"]["previous_attributes"]["items"]["data"][0]["price"]["id"] == "price_basic"
+    assert moved["created"] > paid["created"] > failed["created"]
+
+
+def test_a_failed_change_applied_at_once_moves_the_price_before_its_payment():
+    world, sub, _ = subscribed("legacy")
+    updated, failed = world.change_plan(sub, "price_pro", invoice_now=True, paid=False)
+    assert updated["data"]["object"]["plan"]["id"] == "price_pro"
+    assert failed["type"] == "invoice.payment_failed"
+    assert (
+        of_type(world.retry_payment(sub), "invoice.paid")[0]["data"]["object"]["id"]
+        == (failed["data"]["object"]["id"])
+    )
+
+
+def test_a_scheduled_cancellation_can_be_taken_back():
+    world, sub, _ = subscribed("basil")
+    world.cancel(sub)
+    (resumed,) = world.resume(sub)
+    assert resumed["data"]["object"]["cancel_at_period_end"] is False
+    assert resumed["data"]["object"]["cancel_at"] is None
+    assert resumed["data"]["previous_attributes"]["cancel_at_period_end"] is True
+    assert of_type(world.renew(sub), "invoice.paid")
+
+
 def test_a_paid_basil_invoice_is_joined_to_its_payment_by_invoice_payment_paid():
     _, sub, events = subscribed("basil")
     (joined,) = of_type(events, "invoice_payment.paid")

@@ -38,6 +38,9 @@ SERVICE_FUNCTIONS = {
     "reverse_spend",
     "adjust_credits",
     "link_stripe_customer",
+    "reserve_credits",
+    "commit_hold",
+    "release_hold",
 }
 CLIENT_ROLES = ("anon", "authenticated")
 # Errors that mean "this relation cannot be written at all" (a view that is not
@@ -81,7 +84,7 @@ def attempt(conn, role: str, user: str, statement: sql.Composable) -> tuple[bool
 
 @pytest.fixture
 def two_users_with_history(admin, service):
-    """Users A and B, each with a signup grant, a pack and a spend on their ledgers."""
+    """Users A and B, each with a signup grant, a pack, a spend and a hold."""
     users = [str(uuid.uuid4()), str(uuid.uuid4())]
     create_users(admin, users)
     pack = sorted(PRICES.packs)[0]
@@ -91,6 +94,9 @@ def two_users_with_history(admin, service):
         for event in events:
             service.execute("select public.apply_stripe_event(%s)", (Jsonb(to_typed(event)),))
         service.execute("select public.spend_credits(%s::uuid, 7, %s)", (user, f"access-{user}"))
+        service.execute(
+            "select public.reserve_credits(%s::uuid, 5, %s)", (user, f"access-hold-{user}")
+        )
     return users
 
 

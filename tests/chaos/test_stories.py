@@ -11,7 +11,7 @@ import jsonschema
 
 from tests.chaos.conftest import PRICES
 from tests.simulation.delivery import plan_deliveries
-from tests.simulation.stories import new_user_ids, write_stories
+from tests.simulation.stories import SUBSCRIPTION_DISPUTES, new_user_ids, write_stories
 from tests.simulation.typed import typed_events
 
 SCHEMA = json.loads(Path("schema/typed_event.schema.json").read_text())
@@ -38,8 +38,29 @@ def test_stories_cover_every_handled_event_type_in_both_layouts():
     typed = typed_events(event for story in stories() for event in story.events)
     seen = Counter((event["type"], event["layout"]) for event in typed)
     types = {kind for kind, _ in seen}
-    assert len(types) == 11, sorted(types)
+    assert len(types) == 12, sorted(types)
     assert {layout for _, layout in seen} == {"legacy", "basil"}
+
+
+def test_stories_reach_every_flow_of_the_credit_policy():
+    typed = typed_events(event for story in stories() for event in story.events)
+    invoices = [e["invoice"] for e in typed if "invoice" in e]
+    upgrades = [i for i in invoices if i["billing_reason"] == "subscription_update"]
+    assert {i["status"] for i in upgrades} == {"paid", "open"}  # changes billed at once
+    assert any(ln["is_proration"] for i in invoices if i["billing_reason"] == "subscription_cycle"
+               for ln in i["lines"])  # changes billed with the renewal  # fmt: skip
+    paid_by = {i["payment_intent_id"]: i["id"] for i in invoices if i["payment_intent_id"]}
+    paid_by |= {
+        e["invoice_payment"]["payment_intent_id"]: e["invoice_payment"]["invoice_id"]
+        for e in typed
+        if e["type"] == "invoice_payment.paid"
+    }
+    refunded = {e["charge"]["payment_intent_id"] for e in typed if e["type"] == "charge.refunded"}
+    disputed = {e["dispute"]["payment_intent_id"] for e in typed if "dispute" in e}
+    assert refunded & set(paid_by)  # refunds of subscription payments
+    assert bool(disputed & set(paid_by)) == SUBSCRIPTION_DISPUTES  # and disputes, once fixed
+    previous = [e["subscription"]["previous"] or {} for e in typed if "subscription" in e]
+    assert {p.get("cancel_at_period_end") for p in previous} >= {True, False}  # cancel, resume
 
 
 def test_stories_announce_some_changes_under_two_event_ids():

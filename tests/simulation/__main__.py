@@ -11,10 +11,12 @@ commit), applies the migrations, starts `python -m sidecar` and then:
    senders that redeliver every non-2xx like Stripe, while faults hit:
    connections terminated, statement timeouts, rows locked past the sidecar's
    timeout, Postgres restarted and crashed, the sidecar killed with SIGKILL;
-   the final state must equal the policy model exactly;
-2. delivers more stories with the app spending and reversing credits in
-   between: invariants (balance = ledger sum, never negative, nothing beyond
-   what was paid, each period and pack granted at most once);
+   the final state must equal the policy model exactly, and no plan credits
+   exceed what the current period's paid invoices paid for;
+2. delivers more stories with the app spending, reserving, committing,
+   releasing and reversing credits in between: invariants (balance = ledger
+   sum, never negative, holds within the balance, nothing beyond what was
+   paid, each period and pack granted at most once);
 3. sends hostile input: wrong types in every field the normaliser reads,
    injection-shaped ids and metadata, forged and replayed signatures, huge
    and deeply nested bodies; never a 500, grants exactly as the model says.
@@ -227,6 +229,7 @@ def describe(report: Report, seconds: float) -> dict[str, Any]:
         "outcomes": dict(report.outcomes),
         "event_types": dict(report.event_types),
         "api_versions": dict(report.layouts),
+        "invoices": dict(report.invoices),
         "faults": dict(report.faults),
         "spends": dict(report.spends),
         "never_acknowledged": len(report.gave_up),

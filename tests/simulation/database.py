@@ -80,6 +80,30 @@ def read_states(conn: psycopg.Connection, user_ids: Iterable[str]) -> dict[str, 
     return {row[0]: UserState(row[1], row[2], row[3]) for row in rows}
 
 
+@dataclass(frozen=True)
+class Balance:
+    """A user's row of public.credit_balances, as the app reads it."""
+
+    plan_credits: int
+    addon_credits: int
+    held_credits: int
+    available_credits: int
+    subscription_status: str | None
+
+    @property
+    def total_credits(self) -> int:
+        return self.plan_credits + self.addon_credits
+
+
+def read_balances(conn: psycopg.Connection, user_ids: Iterable[str]) -> dict[str, Balance]:
+    rows = conn.execute(
+        "select user_id::text, plan_credits, addon_credits, held_credits, available_credits,"
+        " subscription_status from public.credit_balances where user_id = any(%s::uuid[])",
+        (list(user_ids),),
+    ).fetchall()
+    return {row[0]: Balance(*row[1:]) for row in rows}
+
+
 def comparable(states: Mapping[str, UserState]) -> dict[str, tuple[int, int, str | None]]:
     """The parts of a state the engine must reproduce exactly."""
     return {
@@ -118,8 +142,9 @@ def paid_facts(
         invoice = event.get("invoice")
         if event["type"] == "invoice.paid" and invoice and invoice.get("status") == "paid":
             user = owner_of.get(invoice.get("customer_id") or "")
-            if user and invoice.get("period_start") is not None:
-                periods[user].add((invoice["subscription_id"], invoice["period_start"]))
+            for start in _period_starts(invoice, catalog):
+                if user:
+                    periods[user].add((invoice["subscription_id"], start))
         session = event.get("checkout_session")
         if session and session.get("mode") == "payment":
             paid = event["type"] == "checkout.session.async_payment_succeeded" or (
@@ -134,6 +159,17 @@ def paid_facts(
     return PaidFacts(periods, sessions, credits)
 
 
+def _period_starts(invoice: Mapping[str, Any], catalog: Catalog) -> set[int]:
+    """Starts of the periods an invoice's plan lines (catalog prices, not prorations) bill."""
+    return {
+        line["period_start"]
+        for line in invoice.get("lines") or ()
+        if line.get("price_id") in catalog.plans
+        and not line.get("is_proration")
+        and line.get("period_start") is not None
+    }
+
+
 def invariant_violations(
     conn: psycopg.Connection,
     facts: PaidFacts | None = None,
@@ -142,8 +178,9 @@ def invariant_violations(
 ) -> list[str]:
     """Every broken invariant, described; empty when all hold.
 
-    Balances equal their ledger sums and are never negative; each period and
-    each pack is granted at most once; with `facts`, no user got more period
+    Balances equal their ledger sums and are never negative; live holds never
+    set aside more than the balance; each period and each pack is granted at
+    most once; with `facts`, no user got more period
     grants or pack credits than their paid events allow. `users` limits the
     checks to those users (None: everyone).
     """
@@ -189,6 +226,18 @@ def invariant_violations(
         for row in conn.execute(
             "select user_id, id from tally.ledger_entries"
             f" where (plan_after < 0 or addon_after < 0) and {only}",
+            params,
+        )
+    ]
+    problems += [
+        f"user {row[0]}: {row[1]} credits held but a balance of {row[2]}"
+        for row in conn.execute(
+            "select a.user_id, sum(h.amount), a.plan_credits + a.addon_credits"
+            " from tally.holds h join tally.accounts a using (user_id)"
+            " where h.status = 'held' and h.expires_at > now()"
+            f" and {only.replace('user_id', 'a.user_id')}"
+            " group by a.user_id, a.plan_credits, a.addon_credits"
+            " having sum(h.amount) > a.plan_credits + a.addon_credits",
             params,
         )
     ]

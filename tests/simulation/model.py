@@ -4,36 +4,46 @@ Written from the contract, not from the SQL: given a *set* of typed events
 (schema/typed_event.schema.json) and the catalog, it computes what every
 user's balance and subscription status must be once all of them have been
 applied, in any order and with any duplicates. It is declarative on purpose:
-instead of replaying events one by one (which would copy the engine's
-algorithm and its mistakes), it states the end result of each rule.
+instead of replaying events one by one as they arrive (which would copy the
+engine's algorithm and its mistakes), it states the end result of each rule.
+Where a rule itself is an order (a subscription's state, a period's
+allowance), it follows Stripe's order, never arrival order
+(`tests.simulation.periods`).
 
-Spends can be added *after* the events (`apply_spends`); spends interleaved
-with events make the end state order-dependent, so the chaos tests check
-invariants for those instead.
+This module resolves users and customers, packs and their refunds and
+disputes, and which payment paid which invoice; `periods` does
+subscriptions and plan credits; `calls` adds the app's spends and holds,
+which make the end state depend on when they happened.
+
+Users are taken as not anonymous (the signup grant of an anonymous user
+waits for its conversion, which no Stripe event changes).
 """
 
 from __future__ import annotations
 
-import uuid
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
+
+from tests.simulation.periods import (
+    FINAL_DISPUTE,
+    HOLDING_DISPUTE,
+    Book,
+    Grant,
+    Invoice,
+    Period,
+    build_book,
+    invoice_rejection,
+    observe_subscription,
+    read_invoice,
+    rounded_share,
+    subscription_rejection,
+)
 
 TypedEvent = Mapping[str, Any]
 
-OPEN_DISPUTE = frozenset(
-    {"warning_needs_response", "warning_under_review", "needs_response", "under_review"}
-)
-RESTORING_DISPUTE = frozenset({"won", "warning_closed"})
-CLOSED_DISPUTE = frozenset({"won", "warning_closed", "lost"})
-FINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
-STATUS_RANK = {
-    status: rank
-    for rank, status in enumerate(
-        ["incomplete", "trialing", "active", "past_due", "unpaid", "paused", "canceled"]
-    )
-}
 SUBSCRIPTION_TYPES = frozenset(
     {
         "customer.subscription.created",
@@ -50,6 +60,8 @@ CHECKOUT_TYPES = frozenset(
 )
 INVOICE_TYPES = frozenset({"invoice.paid", "invoice.payment_failed"})
 DISPUTE_TYPES = frozenset({"charge.dispute.created", "charge.dispute.closed"})
+# What the engine accepts as a user id (case-insensitive, hyphenated form only).
+USER_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
 @dataclass(frozen=True)
@@ -67,75 +79,58 @@ class UserState:
     plan_credits: int
     addon_credits: int
     subscription_status: str | None = None
-    plan_price_id: str | None = None  # price of the current paid period's plan
 
     @property
     def total_credits(self) -> int:
         return self.plan_credits + self.addon_credits
 
 
-@dataclass(frozen=True)
-class Spend:
-    user_id: str
-    amount: int
-    key: str
-
-
-class InsufficientCredits(Exception):
-    """The model's PT402: the spend would make a balance negative."""
-
-
-@dataclass
-class _SubscriptionMirror:
-    subscription_id: str
-    status: str | None = None
-    created: int | None = None  # the subscription object's own created
-    current_period_start: int | None = None
-    end: int | None = None  # ended_at, or canceled_at for an immediate cancel
-
-
 def expected_states(
     events: Iterable[TypedEvent], catalog: Catalog, users: Iterable[str]
 ) -> dict[str, UserState]:
     """The state every user must end in once all `events` are applied (duplicates allowed)."""
-    world = _World(_unique_by_id(events), catalog, {str(u) for u in users})
+    world = World(events, catalog, users)
     return {user: world.state_of(user) for user in sorted(world.users)}
-
-
-def apply_spends(
-    states: Mapping[str, UserState], spends: Iterable[Spend]
-) -> tuple[dict[str, UserState], list[Spend]]:
-    """Apply spends after all events: plan credits first, then add-on; all or nothing.
-
-    Returns the new states and the spends refused for lack of credits. A key
-    seen before returns the first result and spends nothing.
-    """
-    result = dict(states)
-    refused: list[Spend] = []
-    seen: set[str] = set()
-    for spend in spends:
-        if spend.key in seen:
-            continue
-        seen.add(spend.key)
-        state = result[spend.user_id]
-        if spend.amount > state.total_credits:
-            refused.append(spend)
-            continue
-        from_plan = min(state.plan_credits, spend.amount)
-        result[spend.user_id] = replace(
-            state,
-            plan_credits=state.plan_credits - from_plan,
-            addon_credits=state.addon_credits - (spend.amount - from_plan),
-        )
-    return result, refused
 
 
 def refund_clawback_target(pack_credits: int, amount_refunded: int, amount: int) -> int:
     """round(pack_credits * amount_refunded / amount), half away from zero, never above the pack."""
-    if amount <= 0:
-        return 0
-    numerator = pack_credits * min(amount_refunded, amount)
-    return min(pack_credits, (2 * numerator + amount) // (2 * amount))
+    return min(pack_credits, rounded_share(pack_credits, min(amount_refunded, amount), amount))
+
+
+def object_of(event: TypedEvent) -> Mapping[str, Any]:
+    """The one object a typed event carries ({} for an event the sidecar could not read)."""
+    for key in ("checkout_session", "invoice", "subscription", "charge", "dispute"):
+        if key in event:
+            return event[key]
+    return event.get("invoice_payment") or {}
+
+
+def user_hint(event: TypedEvent) -> str | None:
+    """The user id an event names outright, in SPEC 3.5 order."""
+    obj = object_of(event)
+    kind = event["type"]
+    if kind in CHECKOUT_TYPES:
+        return obj.get("client_reference_id") or obj.get("metadata_user_id")
+    if kind in SUBSCRIPTION_TYPES or kind == "charge.refunded":
+        return obj.get("metadata_user_id")
+    if kind in INVOICE_TYPES:
+        return obj.get("subscription_metadata_user_id")
+    return None
+
+
+def is_product_made(event: TypedEvent) -> bool:
+    """Did tally make the object, so that the user and customer it names belong together?"""
+    obj = object_of(event)
+    if "checkout_session" in event:
+        return obj.get("metadata_price_id") is not None and obj.get(
+            "client_reference_id"
+        ) == obj.get("metadata_user_id")
+    if "subscription" in event:
+        return obj.get("metadata_user_id") is not None
+    if "invoice" in event:
+        return obj.get("subscription_metadata_user_id") is not None
+    return False
 
 
 def _unique_by_id(events: Iterable[TypedEvent]) -> list[TypedEvent]:
@@ -145,273 +140,8 @@ def _unique_by_id(events: Iterable[TypedEvent]) -> list[TypedEvent]:
     return list(by_id.values())
 
 
-def _object(event: TypedEvent) -> Mapping[str, Any]:
-    kind = event["type"]
-    if kind in CHECKOUT_TYPES:
-        return event["checkout_session"]
-    if kind in INVOICE_TYPES:
-        return event["invoice"]
-    if kind in SUBSCRIPTION_TYPES:
-        return event["subscription"]
-    if kind == "charge.refunded":
-        return event["charge"]
-    return event["dispute"]
-
-
-def _user_hints(event: TypedEvent) -> list[str | None]:
-    """User ids named by the event itself, in SPEC 3.5 order."""
-    obj = _object(event)
-    kind = event["type"]
-    if kind in CHECKOUT_TYPES:
-        return [obj.get("client_reference_id"), obj.get("metadata_user_id")]
-    if kind in SUBSCRIPTION_TYPES:
-        return [obj.get("metadata_user_id")]
-    if kind in INVOICE_TYPES:
-        return [obj.get("subscription_metadata_user_id")]
-    if kind == "charge.refunded":
-        return [obj.get("metadata_user_id")]
-    return []
-
-
-def _is_user_id(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
-
-
-class _World:
-    """Everything the event set says, indexed for the rules."""
-
-    def __init__(self, events: list[TypedEvent], catalog: Catalog, users: set[str]) -> None:
-        self.catalog = catalog
-        self.users = users
-        self.events = events
-        self.links = self._customer_links()
-        self.pack_sessions = self._paid_pack_sessions()
-        self.pack_by_payment_intent = {
-            session["payment_intent_id"]: (user, session)
-            for user, session in self.pack_sessions.values()
-            if session.get("payment_intent_id")
-        }
-        self.refunds: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        self.disputes: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-        self.by_subscription: dict[str, list[TypedEvent]] = defaultdict(list)
-        for event in events:
-            self._index(event)
-        self.mirrors = self._subscription_mirrors()
-        self.owners = self._subscription_owners()
-        self.periods = self._granted_periods()
-        self.periods_of: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        for key, owner in self.periods.items():
-            self.periods_of[owner].append(key)
-        self.packs_of: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        for owner, session in self.pack_sessions.values():
-            self.packs_of[owner].append(session)
-
-    def _index(self, event: TypedEvent) -> None:
-        kind = event["type"]
-        if kind == "charge.refunded" and event["charge"].get("payment_intent_id"):
-            self.refunds[event["charge"]["payment_intent_id"]].append(event["charge"])
-        elif kind in DISPUTE_TYPES and event["dispute"].get("payment_intent_id"):
-            dispute = event["dispute"]
-            self.disputes[dispute["payment_intent_id"]][dispute["id"]].append(dispute["status"])
-        elif kind in SUBSCRIPTION_TYPES:
-            self.by_subscription[event["subscription"]["id"]].append(event)
-        elif kind in INVOICE_TYPES and event["invoice"].get("subscription_id"):
-            self.by_subscription[event["invoice"]["subscription_id"]].append(event)
-
-    # -- who an event belongs to ---------------------------------------------------------------
-
-    def _hinted_user(self, event: TypedEvent) -> str | bool | None:
-        """The first hint's user; False when that hint is unusable (rejected)."""
-        for hint in _user_hints(event):
-            if hint is None:
-                continue
-            if not _is_user_id(hint) or str(uuid.UUID(hint)) not in self.users:
-                return False
-            return str(uuid.UUID(hint))
-        return None
-
-    def _customer_links(self) -> dict[str, str]:
-        # Latest Stripe `created` wins if two events link one customer to different users.
-        links: dict[str, tuple[int, str, str]] = {}
-        # Any event naming an existing user and a customer links them, even one
-        # rejected for another reason (an unknown price).
-        for event in self.events:
-            user = self._hinted_user(event)
-            customer = _object(event).get("customer_id")
-            if not user or not customer:
-                continue
-            candidate = (event["created"], event["id"], user)
-            if customer not in links or candidate > links[customer]:
-                links[customer] = candidate
-        return {customer: user for customer, (_, _, user) in links.items()}
-
-    def user_of(self, event: TypedEvent) -> str | None:
-        """The user the event applies to; None if it is parked or rejected."""
-        hinted = self._hinted_user(event)
-        if hinted is False:
-            return None
-        if hinted:
-            return hinted
-        customer = _object(event).get("customer_id")
-        if customer in self.links:
-            return self.links[customer]
-        if event["type"] == "charge.refunded" or event["type"] in DISPUTE_TYPES:
-            pack = self.pack_by_payment_intent.get(_object(event).get("payment_intent_id"))
-            if pack:
-                return pack[0]
-        return None
-
-    # -- packs -------------------------------------------------------------------------------
-
-    def _paid_pack_sessions(self) -> dict[str, tuple[str, Mapping[str, Any]]]:
-        sessions: dict[str, tuple[str, Mapping[str, Any]]] = {}
-        for event in self.events:
-            session = event.get("checkout_session")
-            if session is None or not _pays_pack(event):
-                continue
-            user = self.user_of(event)
-            if user is None or session.get("metadata_price_id") not in self.catalog.packs:
-                continue
-            sessions.setdefault(session["id"], (user, session))
-        return sessions
-
-    def _addon_credits(self, user: str) -> int:
-        return sum(self._pack_net(session) for session in self.packs_of.get(user, ()))
-
-    def _pack_net(self, session: Mapping[str, Any]) -> int:
-        credits = self.catalog.packs[session["metadata_price_id"]]
-        intent = session.get("payment_intent_id")
-        if intent is None:
-            return credits
-        if self._dispute_holds_clawback(intent):
-            return 0
-        return credits - self._refund_target(intent, credits)
-
-    def _refund_target(self, payment_intent_id: str, credits: int) -> int:
-        charges = self.refunds.get(payment_intent_id)
-        if not charges:
-            return 0
-        refunded = max(c["amount_refunded"] for c in charges)
-        amount = max(c["amount"] for c in charges)
-        return refund_clawback_target(credits, refunded, amount)
-
-    def _dispute_holds_clawback(self, payment_intent_id: str) -> bool:
-        """An open or lost dispute keeps the pack clawed back; a won one gives it back."""
-        for seen in self.disputes.get(payment_intent_id, {}).values():
-            closed = [s for s in seen if s in CLOSED_DISPUTE]
-            if closed:
-                if not any(s in RESTORING_DISPUTE for s in closed):
-                    return True
-            elif any(s in OPEN_DISPUTE for s in seen):
-                return True
-        return False
-
-    # -- subscriptions -----------------------------------------------------------------------
-
-    def _subscription_mirrors(self) -> dict[str, _SubscriptionMirror]:
-        mirrors = {}
-        for sub_id, events in self.by_subscription.items():
-            counted = [e for e in events if self._counts_for_state(e)]
-            if counted:
-                mirrors[sub_id] = _fold_subscription(sub_id, counted)
-        return mirrors
-
-    def _counts_for_state(self, event: TypedEvent) -> bool:
-        """Rejected events (a bad user hint, a price no plan has) leave no state behind."""
-        price = _object(event).get("price_id")
-        if price is not None and price not in self.catalog.plans:
-            return False
-        if event["type"] in SUBSCRIPTION_TYPES:
-            return self._hinted_user(event) is not False
-        return self.user_of(event) is not None
-
-    def _subscription_owners(self) -> dict[str, str]:
-        owners = {}
-        for sub_id, events in self.by_subscription.items():
-            for event in events:
-                user = self.user_of(event)
-                if user:
-                    owners[sub_id] = user
-                    break
-        return owners
-
-    def _granted_periods(self) -> dict[tuple[str, int], str]:
-        """(subscription id, period start) -> user, for every period that must be granted."""
-        periods: dict[tuple[str, int], str] = {}
-        for event in self.events:
-            if event["type"] != "invoice.paid":
-                continue
-            invoice = event["invoice"]
-            if not _pays_period(invoice) or invoice["price_id"] not in self.catalog.plans:
-                continue
-            user = self.user_of(event)
-            if user is None:
-                continue
-            mirror = self.mirrors.get(invoice["subscription_id"])
-            if mirror and mirror.end is not None and invoice["period_start"] >= mirror.end:
-                continue
-            periods.setdefault((invoice["subscription_id"], invoice["period_start"]), user)
-        return periods
-
-    def _period_price(self, subscription_id: str, period_start: int) -> str:
-        """The newest known state for that period names its plan."""
-        candidates: list[tuple[int, int, str, str]] = []
-        for event in self.by_subscription[subscription_id]:
-            if event["type"] == "invoice.paid":
-                invoice = event["invoice"]
-                if _pays_period(invoice) and invoice["period_start"] == period_start:
-                    # The line is as old as the invoice that billed it (its own created,
-                    # when the typed event carries it), not as the event saying it was paid.
-                    billed = invoice.get("created")
-                    at = event["created"] if billed is None else billed
-                    candidates.append((at, 0, event["id"], invoice["price_id"]))
-            elif event["type"] in SUBSCRIPTION_TYPES:
-                sub = event["subscription"]
-                if (
-                    sub.get("current_period_start") == period_start
-                    and sub.get("price_id") in self.catalog.plans
-                ):
-                    candidates.append((event["created"], 1, event["id"], sub["price_id"]))
-        return max(candidates)[3]
-
-    def _relevant_mirror(self, user: str) -> _SubscriptionMirror | None:
-        owned = [
-            mirror
-            for sub_id, mirror in self.mirrors.items()
-            if self.owners.get(sub_id) == user and mirror.status is not None
-        ]
-        if not owned:
-            return None
-        return max(
-            owned,
-            key=lambda m: (
-                m.status not in FINAL_STATUSES,
-                m.current_period_start or 0,
-                m.created or 0,
-                m.subscription_id,
-            ),
-        )
-
-    # -- the answer --------------------------------------------------------------------------
-
-    def state_of(self, user: str) -> UserState:
-        mine = self.periods_of.get(user, [])
-        mirror = self._relevant_mirror(user)
-        status = mirror.status if mirror else None
-        if not mine:
-            return UserState(self.catalog.signup_credits, self._addon_credits(user), status)
-        subscription_id, period_start = max(mine, key=lambda key: (key[1], key[0]))
-        price = self._period_price(subscription_id, period_start)
-        return UserState(
-            plan_credits=self.catalog.plans[price],
-            addon_credits=self._addon_credits(user),
-            subscription_status=status,
-            plan_price_id=price,
-        )
+def _stripe_order(event: TypedEvent) -> tuple[int, str]:
+    return (event["created"], event["id"])
 
 
 def _pays_pack(event: TypedEvent) -> bool:
@@ -423,106 +153,329 @@ def _pays_pack(event: TypedEvent) -> bool:
     return event["type"] == "checkout.session.completed" and session.get("payment_status") == "paid"
 
 
-def _pays_period(invoice: Mapping[str, Any]) -> bool:
-    return (
-        invoice.get("status") == "paid"
-        and invoice.get("subscription_id") is not None
-        and invoice.get("price_id") is not None
-        and invoice.get("period_start") is not None
-        and invoice.get("period_end") is not None
-    )
+@dataclass
+class _Charge:
+    """A refunded charge as the applied refund events leave it."""
+
+    amount: int
+    refunded: int
+    target: tuple[str, str]  # ("pack", Checkout Session) or ("invoice", invoice id)
+    payment_intent_id: str | None
 
 
-def _fold_subscription(subscription_id: str, events: list[TypedEvent]) -> _SubscriptionMirror:
-    """Replay one subscription's events in Stripe's own order (not arrival order)."""
-    mirror = _SubscriptionMirror(subscription_id)
-    for event in _stripe_order(events):
-        if event["type"] in SUBSCRIPTION_TYPES:
-            sub = event["subscription"]
-            if mirror.end is None:
-                mirror.end = _end_of(sub)
-            if mirror.status in FINAL_STATUSES:
+class World:
+    """Everything an event set says, indexed for the rules."""
+
+    def __init__(self, events: Iterable[TypedEvent], catalog: Catalog, users: Iterable[str]):
+        self.catalog = catalog
+        self.users = {str(user) for user in users}
+        # Events the sidecar could not read (a `problem`) are rejected, with no effect.
+        self.events = sorted(
+            (e for e in _unique_by_id(events) if e.get("problem") is None), key=_stripe_order
+        )
+        self.links = self._customer_links()
+        self.owners = self._subscription_owners()
+        self.packs = self._paid_packs()
+        self.pack_of_intent = {
+            session["payment_intent_id"]: session_id
+            for session_id, (_, session) in self.packs.items()
+            if session.get("payment_intent_id")
+        }
+        self.invoices = self._applied_invoices()
+        self._recorded = self._recorded_invoices()
+        self._refunds_of_charge: dict[str, list[TypedEvent]] = defaultdict(list)
+        for event in self.events:
+            if event["type"] == "charge.refunded":
+                self._refunds_of_charge[event["charge"]["id"]].append(event)
+        self.paid_by = self._payment_links()
+        self.charges = self._refunded_charges()
+        self.disputes = self._disputes()
+        self.book = self._book()
+
+    # -- who an event belongs to ---------------------------------------------------------
+
+    def hinted_user(self, event: TypedEvent) -> str | bool | None:
+        """The user the event names; False when it names one that cannot be (rejected)."""
+        hint = user_hint(event)
+        if hint is None:
+            return None
+        if not USER_ID.match(hint) or hint.lower() not in self.users:
+            return False
+        return hint.lower()
+
+    def _rejection(self, event: TypedEvent) -> str | None:
+        """Why the event is rejected whatever else arrives, None if it is not."""
+        if event.get("problem") is not None:
+            return event["problem"]
+        kind = event["type"]
+        if kind in INVOICE_TYPES:
+            return invoice_rejection(event, self.catalog.plans)
+        if kind in SUBSCRIPTION_TYPES:
+            return subscription_rejection(event, self.catalog.plans)
+        pack_price = (event.get("checkout_session") or {}).get("metadata_price_id")
+        if kind in CHECKOUT_TYPES and _pays_pack(event) and pack_price not in self.catalog.packs:
+            return "no pack price"
+        return None
+
+    def _customer_links(self) -> dict[str, str]:
+        """Customer -> user, from applied events of objects tally made that name both.
+
+        The engine keeps the first link it stores; two users for one customer
+        only happen in hostile input, where the model keeps the oldest.
+        """
+        links: dict[str, str] = {}
+        for event in self.events:
+            user = self.hinted_user(event)
+            customer = object_of(event).get("customer_id")
+            if not user or not customer or customer in links:
                 continue
-            mirror.status = sub["status"]
-            mirror.created = sub.get("created")
-            mirror.current_period_start = sub.get("current_period_start")
-        else:
-            if mirror.status is None:
-                # An invoice of an unknown subscription creates the mirror with its
-                # period; subscription events overwrite that whatever their age.
-                mirror.current_period_start = event["invoice"].get("period_start")
-            mirror.status = _status_after_invoice(mirror.status, event)
-    return mirror
+            if is_product_made(event) and user_hint(event) == user and not self._rejection(event):
+                links[customer] = user
+        return links
+
+    def _subscription_owners(self) -> dict[str, str]:
+        owners: dict[str, str] = {}
+        for event in self.events:
+            sub_id = _subscription_id(event)
+            if sub_id is None or sub_id in owners or self._rejection(event):
+                continue
+            user = self._user_by_hint_or_link(event)
+            if user:
+                owners[sub_id] = user
+        return owners
+
+    def _user_by_hint_or_link(self, event: TypedEvent) -> str | bool | None:
+        hinted = self.hinted_user(event)
+        if hinted is not None:
+            return hinted
+        return self.links.get(object_of(event).get("customer_id"))
+
+    def user_of(self, event: TypedEvent) -> str | None:
+        """The user a non-payment event applies to; None if it is parked or rejected."""
+        if self._rejection(event):
+            return None
+        user = self._user_by_hint_or_link(event)
+        if user is None:
+            user = self.owners.get(_subscription_id(event))
+        return user or None
+
+    # -- packs ---------------------------------------------------------------------------
+
+    def _paid_packs(self) -> dict[str, tuple[str, Mapping[str, Any]]]:
+        """Checkout Session -> (user, session) for every paid pack purchase applied."""
+        packs: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        for event in self.events:
+            if event["type"] not in CHECKOUT_TYPES or not _pays_pack(event):
+                continue
+            user = self.user_of(event)
+            if user is not None:
+                packs.setdefault(event["checkout_session"]["id"], (user, event["checkout_session"]))
+        return packs
+
+    def addon_credits(self, user: str) -> int:
+        return sum(
+            self._pack_net(session_id)
+            for session_id, (owner, _) in self.packs.items()
+            if owner == user
+        )
+
+    def _pack_net(self, session_id: str) -> int:
+        """The pack's credits less its refunded share, or nothing while a dispute holds it."""
+        _, session = self.packs[session_id]
+        credits = self.catalog.packs[session["metadata_price_id"]]
+        target = ("pack", session_id)
+        if any(status in HOLDING_DISPUTE for status in self._dispute_statuses(target)):
+            return 0
+        charges = [charge for charge in self.charges.values() if charge.target == target]
+        amount = sum(charge.amount for charge in charges)
+        refunded = sum(charge.refunded for charge in charges)
+        return credits - refund_clawback_target(credits, refunded, amount)
+
+    # -- which payment paid what ---------------------------------------------------------
+
+    def _applied_invoices(self) -> list[Invoice]:
+        readings = []
+        for event in self.events:
+            if event["type"] not in INVOICE_TYPES or not event["invoice"].get("subscription_id"):
+                continue
+            user = self.user_of(event)
+            if user is not None:
+                readings.append(read_invoice(event, user, self.catalog.plans))
+        return readings
+
+    def _recorded_invoices(self) -> set[str]:
+        """Invoices the engine keeps as grants: paid, with a period or an upgrade."""
+        return {i.id for i in self.invoices if i.pays_period or (i.is_paid and i.is_upgrade)}
+
+    def _payment_links(self) -> dict[str, str]:
+        """'payment_intent:pi_..' / 'charge:ch_..' -> the invoice it paid (first link stays).
+
+        Legacy invoices name their payment; from basil on only
+        invoice_payment.paid joins them.
+        """
+        links: dict[str, str] = {}
+        for event in self.events:
+            if event["type"] == "invoice_payment.paid":
+                payment = event["invoice_payment"]
+                pairs = [(payment.get("payment_intent_id"), payment.get("charge_id"))]
+                invoice_id = payment["invoice_id"]
+            elif event["type"] == "invoice.paid":
+                invoice = event["invoice"]
+                if invoice.get("status") != "paid" or not invoice.get("subscription_id"):
+                    continue
+                if self.user_of(event) is None:
+                    continue
+                pairs = [(invoice.get("payment_intent_id"), invoice.get("charge_id"))]
+                invoice_id = invoice["id"]
+            else:
+                continue
+            for intent, charge in pairs:
+                for key in (_key("payment_intent", intent), _key("charge", charge)):
+                    if key is not None:
+                        links.setdefault(key, invoice_id)
+        return links
+
+    def _target(
+        self, intent: str | None, charge: str | None, invoice_id: str | None = None
+    ) -> tuple[str, str] | None:
+        """What a payment paid for, once tally can know it: a pack, or a recorded invoice.
+
+        None: the refund or dispute waits (parked) for the purchase, the
+        invoice, or the invoice_payment.paid that joins them.
+        """
+        if intent in self.pack_of_intent:
+            return ("pack", self.pack_of_intent[intent])
+        if invoice_id is None:
+            for key in (_key("payment_intent", intent), _key("charge", charge)):
+                if key in self.paid_by:
+                    invoice_id = self.paid_by[key]
+                    break
+        if invoice_id is None and charge is not None:
+            invoice_id = self._invoice_of_charge(charge)
+        if invoice_id is not None and invoice_id in self._recorded:
+            return ("invoice", invoice_id)
+        return None
+
+    def _invoice_of_charge(self, charge_id: str) -> str | None:
+        """A legacy refund names its invoice; a later event of the same charge finds it."""
+        for event in self._refunds_of_charge.get(charge_id, ()):
+            invoice_id = event["charge"].get("invoice_id")
+            if invoice_id in self._recorded and not self._hint_refused(event):
+                return invoice_id
+        return None
+
+    def _hint_refused(self, event: TypedEvent) -> bool:
+        """A refund's user is whoever bought what it pays back; a hint that is not a user
+        id at all still rejects it."""
+        hint = user_hint(event)
+        return hint is not None and not USER_ID.match(hint)
+
+    def _refunded_charges(self) -> dict[str, _Charge]:
+        charges: dict[str, _Charge] = {}
+        for event in self.events:
+            if event["type"] != "charge.refunded" or self._hint_refused(event):
+                continue
+            charge = event["charge"]
+            intent = charge.get("payment_intent_id")
+            if not intent and not charge.get("invoice_id"):
+                continue  # a bare charge: not a tally purchase
+            target = self._target(intent, charge["id"], charge.get("invoice_id"))
+            if target is None:
+                continue
+            known = charges.get(charge["id"])
+            if known is None:
+                charges[charge["id"]] = _Charge(
+                    charge["amount"], charge["amount_refunded"], target, intent
+                )
+            else:
+                # Cumulative and never lowered by Stripe: the largest seen counts.
+                known.refunded = max(known.refunded, charge["amount_refunded"])
+        return charges
+
+    def _disputes(self) -> dict[str, tuple[tuple[str, str], int, str]]:
+        """Dispute id -> (what it disputes, amount, status that counts).
+
+        A dispute's state only moves forward: a final status stays; before
+        that, the newest event's status counts.
+        """
+        seen: dict[str, list[TypedEvent]] = defaultdict(list)
+        targets: dict[str, tuple[str, str]] = {}
+        for event in self.events:
+            if event["type"] not in DISPUTE_TYPES:
+                continue
+            dispute = event["dispute"]
+            intent = dispute.get("payment_intent_id") or self._intent_of_charge(
+                dispute.get("charge_id")
+            )
+            target = self._target(intent, dispute.get("charge_id"))
+            if target is not None:
+                seen[dispute["id"]].append(event)
+                targets[dispute["id"]] = target
+        result = {}
+        for dispute_id, events in seen.items():
+            finals = [e for e in events if e["dispute"]["status"] in FINAL_DISPUTE]
+            last = min(finals, key=_stripe_order) if finals else max(events, key=_stripe_order)
+            amount = min(events, key=_stripe_order)["dispute"]["amount"]
+            result[dispute_id] = (targets[dispute_id], amount, last["dispute"]["status"])
+        return result
+
+    def _intent_of_charge(self, charge_id: str | None) -> str | None:
+        known = self.charges.get(charge_id) if charge_id else None
+        return known.payment_intent_id if known else None
+
+    def _dispute_statuses(self, target: tuple[str, str]) -> list[str]:
+        return [status for (of, _, status) in self.disputes.values() if of == target]
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def _book(self) -> Book:
+        observations = []
+        for event in self.events:
+            if event["type"] in SUBSCRIPTION_TYPES:
+                user = self.user_of(event)
+                if user is not None:
+                    sub = observe_subscription(event, user, self.catalog.plans)
+                    observations.append((event["subscription"]["id"], sub))
+        return build_book(self.invoices, observations, self.catalog.plans, self._reversals_of)
+
+    def _reversals_of(self, grant: Grant) -> tuple[int, list[int]]:
+        """What was refunded of a grant's invoice, and the amounts of its holding disputes."""
+        target = ("invoice", grant.invoice.id)
+        refunded = sum(c.refunded for c in self.charges.values() if c.target == target)
+        held = [
+            amount
+            for (of, amount, status) in self.disputes.values()
+            if of == target and status in HOLDING_DISPUTE
+        ]
+        return refunded, held
+
+    # -- the answer ----------------------------------------------------------------------
+
+    def current_period(self, user: str) -> Period | None:
+        return self.book.current_period(user)
+
+    def plan_ceiling(self, user: str) -> int:
+        """Plan credits before any spend: the current period's allowance less clawbacks."""
+        period = self.current_period(user)
+        if period is None:
+            return self.catalog.signup_credits
+        return max(0, period.allowance - period.clawed_back)
+
+    def state_of(self, user: str) -> UserState:
+        return UserState(
+            plan_credits=self.plan_ceiling(user),
+            addon_credits=self.addon_credits(user),
+            subscription_status=self.book.status_of(user),
+        )
 
 
-def _end_of(sub: Mapping[str, Any]) -> int | None:
-    if sub.get("ended_at") is not None:
-        return sub["ended_at"]
-    if sub["status"] in FINAL_STATUSES:
-        return sub.get("canceled_at")
+def _subscription_id(event: TypedEvent) -> str | None:
+    if "subscription" in event:
+        return event["subscription"]["id"]
+    if "invoice" in event:
+        return event["invoice"].get("subscription_id")
     return None
 
 
-def _status_after_invoice(status: str | None, event: TypedEvent) -> str | None:
-    if event["type"] == "invoice.paid" and event["invoice"].get("status") == "paid":
-        return "active" if status in {None, "incomplete", "past_due", "unpaid"} else status
-    # A failed payment, or an `invoice.paid` whose invoice is not paid: payment not
-    # completed (SPEC 2), the status records it.
-    if status is None:
-        # Only the invoice is known: a failed first invoice leaves the
-        # subscription incomplete, a failed renewal makes it past due.
-        first = event["invoice"].get("billing_reason") == "subscription_create"
-        return "incomplete" if first else "past_due"
-    return "past_due" if status in {"active", "trialing"} else status
-
-
-def _stripe_order(events: list[TypedEvent]) -> list[TypedEvent]:
-    """Order one subscription's events as Stripe created them.
-
-    By `created`; at a tie invoices first (an invoice moves the state only when
-    strictly newer), then subscription events chained by `previous`: an update
-    whose `previous` matches another's state left that state, so it comes after.
-    """
-    by_second: dict[int, list[TypedEvent]] = defaultdict(list)
-    for event in events:
-        by_second[event["created"]].append(event)
-    ordered: list[TypedEvent] = []
-    for second in sorted(by_second):
-        batch = by_second[second]
-        invoices = sorted((e for e in batch if e["type"] in INVOICE_TYPES), key=lambda e: e["id"])
-        updates = [e for e in batch if e["type"] in SUBSCRIPTION_TYPES]
-        ordered.extend(invoices)
-        ordered.extend(_chain_ties(updates))
-    return ordered
-
-
-def _chain_ties(updates: list[TypedEvent]) -> list[TypedEvent]:
-    remaining = sorted(updates, key=_tie_rank)
-    ordered: list[TypedEvent] = []
-    while remaining:
-        # The oldest is one that left none of the others' states (else the lowest rank).
-        for candidate in remaining:
-            others = (other for other in remaining if other is not candidate)
-            if not any(_left_state_of(candidate, other) for other in others):
-                break
-        else:
-            candidate = remaining[0]
-        ordered.append(candidate)
-        remaining.remove(candidate)
-    return ordered
-
-
-def _tie_rank(event: TypedEvent) -> tuple[int, str]:
-    return (STATUS_RANK.get(event["subscription"]["status"], len(STATUS_RANK)), event["id"])
-
-
-def _left_state_of(newer: TypedEvent, older: TypedEvent) -> bool:
-    """True when `newer`'s previous attributes equal `older`'s state: newer left it."""
-    previous = newer["subscription"].get("previous")
-    if not previous:
-        return False
-    state = older["subscription"]
-    if all(state.get(key) == value for key, value in previous.items()):
-        # Identical states (two event ids for one change) do not order each other.
-        return not all(newer["subscription"].get(k) == state.get(k) for k in previous)
-    return False
+def _key(kind: str, value: str | None) -> str | None:
+    return None if value is None else f"{kind}:{value}"

@@ -26,7 +26,7 @@ from tests.simulation.database import (
     read_states,
 )
 from tests.simulation.delivery import DeliveryPlan, Sender, plan_deliveries
-from tests.simulation.model import Catalog, expected_states
+from tests.simulation.model import Catalog, UserState, World
 from tests.simulation.stories import Prices, Story, new_user_ids, write_stories
 from tests.simulation.typed import typed_events
 
@@ -79,6 +79,7 @@ class Report:
     outcomes: Counter[str] = field(default_factory=Counter)
     event_types: Counter[str] = field(default_factory=Counter)
     layouts: Counter[str] = field(default_factory=Counter)
+    invoices: Counter[str] = field(default_factory=Counter)  # "paid subscription_update"...
     faults: Counter[str] = field(default_factory=Counter)
     spends: Counter[str] = field(default_factory=Counter)
     gave_up: list[str] = field(default_factory=list)
@@ -156,6 +157,9 @@ def _report_of_plan(seed: int, stories: list[Story], plan: DeliveryPlan) -> Repo
         for event in story.events:
             report.event_types[event["type"]] += 1
             report.layouts[event["api_version"]] += 1
+            if event["type"].startswith("invoice."):
+                invoice = event["data"]["object"]
+                report.invoices[f"{invoice['status']} {invoice['billing_reason']}"] += 1
     return report
 
 
@@ -169,13 +173,15 @@ def _check(
     exact: bool,
 ) -> None:
     typed = typed_events(event for story in stories for event in story.events)
-    expected = expected_states(typed, catalog, users)
+    world = World(typed, catalog, users)
+    expected = {user: world.state_of(user) for user in users}
     owners = {story.customer_id: story.user_id for story in stories}
     with psycopg.connect(dsn, autocommit=True) as conn:
         actual = read_states(conn, users)
         report.violations = invariant_violations(
             conn, paid_facts(typed, catalog, owners), users=users
         )
+    report.violations += _beyond_what_was_paid(world, actual)
     if exact:
         report.mismatches = differences(expected, actual)
         return
@@ -186,46 +192,79 @@ def _check(
             report.mismatches[user] = (ceiling, state)
 
 
+def _beyond_what_was_paid(world: World, actual: dict[str, UserState]) -> list[str]:
+    """The money model: no plan credits beyond what the current period's invoices paid for."""
+    problems = []
+    for user, state in actual.items():
+        paid_for = world.plan_ceiling(user)
+        if state.plan_credits > paid_for:
+            problems.append(f"user {user}: {state.plan_credits} plan credits, {paid_for} paid for")
+    return problems
+
+
 @dataclass
 class _Spender:
-    """The app spending (and now and then giving back) credits while webhooks arrive."""
+    """The app spending, holding and now and then giving back credits while webhooks arrive."""
 
     dsn: str
     users: list[str]
     rng: random.Random
     stop: bool = False
     results: Counter[str] = field(default_factory=Counter)
+    spent: list[tuple[str, str]] = field(default_factory=list)  # (user, key) not yet reversed
+    held: list[tuple[str, str]] = field(default_factory=list)  # (user, key) not yet finished
 
     async def run(self) -> None:
-        keys: list[str] = []
         while not self.stop:
             try:
                 async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
                     await conn.execute("set role service_role")
                     while not self.stop:
-                        await self._one(conn, keys)
+                        await self._one(conn)
+                        await asyncio.sleep(0)
             except psycopg.OperationalError:
                 self.results["connection lost"] += 1
                 await asyncio.sleep(0.1)
 
-    async def _one(self, conn: psycopg.AsyncConnection, keys: list[str]) -> None:
-        if keys and self.rng.random() < 0.1:
-            key = keys.pop(self.rng.randrange(len(keys)))
-            await conn.execute("select public.reverse_spend(%s)", (key,))
+    async def _one(self, conn: psycopg.AsyncConnection) -> None:
+        roll = self.rng.random()
+        if self.spent and roll < 0.1:
+            user, key = self.spent.pop(self.rng.randrange(len(self.spent)))
+            await conn.execute("select public.reverse_spend(%s::uuid, %s)", (user, key))
             self.results["reversed"] += 1
-            return
-        key = f"chaos-{uuid.uuid4()}"
-        user = self.rng.choice(self.users)
+        elif self.held and roll < 0.25:
+            await self._finish_hold(conn)
+        elif roll < 0.4:
+            await self._try(conn, "reserve_credits", "reserved", self.held)
+        else:
+            await self._try(conn, "spend_credits", "spent", self.spent)
+
+    async def _try(
+        self, conn: psycopg.AsyncConnection, function: str, done: str, keys: list
+    ) -> None:
+        """Spend or reserve a random amount; PT402 (not enough available) is expected."""
+        user, key = self.rng.choice(self.users), f"chaos-{uuid.uuid4()}"
+        amount = self.rng.randrange(1, 3000)
         try:
+            # Long-lived holds: an expiry in the middle of a run would only blur the counts.
+            ttl = ", 86400" if function == "reserve_credits" else ""
             await conn.execute(
-                "select public.spend_credits(%s::uuid, %s, %s)",
-                (user, self.rng.randrange(1, 3000), key),
+                f"select public.{function}(%s::uuid, %s, %s{ttl})", (user, amount, key)
             )
         except psycopg.errors.DatabaseError as problem:
             if problem.sqlstate != "PT402":
                 raise
             self.results["refused (PT402)"] += 1
         else:
-            self.results["spent"] += 1
-            keys.append(key)
-        await asyncio.sleep(0)
+            self.results[done] += 1
+            keys.append((user, key))
+
+    async def _finish_hold(self, conn: psycopg.AsyncConnection) -> None:
+        user, key = self.held.pop(self.rng.randrange(len(self.held)))
+        if self.rng.random() < 0.7:
+            amount = self.rng.choice([None, self.rng.randrange(0, 3000)])
+            await conn.execute("select public.commit_hold(%s::uuid, %s, %s)", (user, key, amount))
+            self.results["committed"] += 1
+        else:
+            await conn.execute("select public.release_hold(%s::uuid, %s)", (user, key))
+            self.results["released"] += 1
