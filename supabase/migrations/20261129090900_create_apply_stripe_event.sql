@@ -83,6 +83,23 @@ $$;
 
 revoke all on function tally.link_event_customer(jsonb, uuid) from public, anon, authenticated;
 
+-- The invoice a refund or dispute pays back, when tally knows the link
+-- (charge.invoice, invoice_payment.paid) but not yet the invoice.
+create function tally.unrecorded_invoice_of(p_event jsonb) returns text
+language sql
+stable
+set search_path = ''
+as $$
+  select t.id
+    from tally.payment_target(tally.event_payment_intent_id(p_event),
+                              tally.event_charge_id(p_event),
+                              p_event -> 'charge' ->> 'invoice_id') t
+   where (p_event ? 'charge' or p_event ? 'dispute') and t.kind = 'invoice'
+     and t.user_id is null;
+$$;
+
+revoke all on function tally.unrecorded_invoice_of(jsonb) from public, anon, authenticated;
+
 -- Apply what a stored event says, or raise TL001 (reject) / TL002 (park).
 create function tally.apply_payload(p_event jsonb) returns table (user_id uuid, note text)
 language plpgsql
@@ -92,6 +109,7 @@ declare
   -- The raw payload is stored apart (an object: checked on receipt).
   v_problem text := tally.typed_event_problem(p_event || '{"raw": {}}'::jsonb);
   v_user_id uuid;
+  v_invoice_id text;
 begin
   if v_problem is not null then
     perform tally.reject('the typed event is malformed: ' || v_problem);
@@ -105,6 +123,20 @@ begin
     return;
   end if;
   v_user_id := tally.resolve_user(p_event);
+  if v_user_id is null then
+    v_invoice_id := tally.unrecorded_invoice_of(p_event);
+  end if;
+  if v_invoice_id is not null then
+    -- The payment is known to pay an invoice tally has not recorded yet: wait
+    -- for the invoice itself. Its key is locked, then the user read again, so
+    -- an invoice committed meanwhile is seen and one still to come wakes us.
+    perform tally.lock_key('invoice:' || v_invoice_id);
+    v_user_id := tally.resolve_user(p_event);
+    if v_user_id is null then
+      perform tally.park('invoice:' || v_invoice_id,
+                         format('no user yet: applied once invoice %s is recorded', v_invoice_id));
+    end if;
+  end if;
   if v_user_id is null then
     perform tally.park(tally.user_wait_key(p_event),
                        format('no user yet: applied once %s is linked to a user',

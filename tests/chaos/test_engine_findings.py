@@ -75,13 +75,6 @@ def test_a_line_without_a_period_end_pays_no_period(admin, service):
     assert read_states(admin, [user])[user].plan_credits == 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine finding: an upgrade paid with payment_behavior=pending_if_incomplete "
-    "counts at its invoice's created, before the subscription moves to the new plan; "
-    "the update Stripe sends meanwhile (pending_update set, still on the old plan) then "
-    "lowers the allowance back, and the paid upgrade is lost",
-)
 def test_an_upgrade_that_waited_for_its_payment_counts_once_paid(admin, service):
     user = new_user(admin)
     sub = te.Buyer.new(user).subscription("starter")
@@ -99,13 +92,6 @@ def test_an_upgrade_that_waited_for_its_payment_counts_once_paid(admin, service)
     assert read_states(admin, [user])[user].plan_credits == 1000 + 2000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine finding: with no earlier subscription update in the period, a same-second "
-    "upgrade and downgrade (A->B, B->A) each left the other's state, so the event id decides "
-    "which came first; the upgrade then counts after the downgrade and adds credits nobody "
-    "paid for (the walk should start from the plan the period's invoice billed)",
-)
 def test_a_same_second_upgrade_and_downgrade_add_nothing_whatever_their_event_ids(admin, service):
     user = new_user(admin)
     sub = te.Buyer.new(user).subscription("starter")
@@ -119,14 +105,6 @@ def test_a_same_second_upgrade_and_downgrade_add_nothing_whatever_their_event_id
     assert read_states(admin, [user])[user].plan_credits == 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine finding: a dispute event of a subscription payment that arrives before its "
-    "invoice parks on the payment intent (it names no customer); the invoice's own payment link "
-    "(legacy) or invoice_payment.paid (basil) wakes it before the invoice is recorded, so it parks "
-    "on the payment intent again and nothing wakes it later: an open dispute never takes anything "
-    "back, and a dispute won before a later event of it arrives stays taken back",
-)
 @pytest.mark.parametrize("layout", ["legacy", "basil"])
 @pytest.mark.parametrize(("early", "plan_credits"), [("opened", 0), ("won", 1000)])
 def test_dispute_events_delivered_before_their_invoice_count(

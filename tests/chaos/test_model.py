@@ -1,4 +1,4 @@
-"""The Python model of the credit policy, checked on hand-worked examples from SPEC 2.
+"""The Python model of the credit policy, checked on hand-worked examples from docs/policy.md.
 
 Events are built the one way the product builds them: complete Stripe events
 turned into typed events by the sidecar's own normaliser

@@ -1,4 +1,4 @@
-"""The app's calls on top of the policy model: spends, their reversals, and holds (SPEC 4).
+"""The app's calls on the policy model: spends, their reversals, holds (docs/interface.md).
 
 Spends make the end state depend on when they happened, so this part of the
 model replays what happened in order: each Stripe event delivered (the

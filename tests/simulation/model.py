@@ -1,4 +1,4 @@
-"""A plain Python model of the credit policy (SPEC 2 and 3, read as docs/engine.md reads them).
+"""A plain Python model of the credit policy (docs/policy.md, docs/events.md, docs/engine.md).
 
 Written from the contract, not from the SQL: given a *set* of typed events
 (schema/typed_event.schema.json) and the catalog, it computes what every
@@ -107,7 +107,7 @@ def object_of(event: TypedEvent) -> Mapping[str, Any]:
 
 
 def user_hint(event: TypedEvent) -> str | None:
-    """The user id an event names outright, in SPEC 3.5 order."""
+    """The user id an event names outright, in the order docs/events.md gives."""
     obj = object_of(event)
     kind = event["type"]
     if kind in CHECKOUT_TYPES:

@@ -1,6 +1,6 @@
 """Subscriptions in the policy model: their state, their paid periods and each period's allowance.
 
-Read from SPEC 2 ("credits follow verified money") as docs/engine.md fixes
+Read from docs/policy.md ("credits follow verified money") as docs/engine.md fixes
 the readings the contract leaves open, and kept apart from the SQL on
 purpose. Everything here is a function of a *set* of applied events (each
 already tagged with its user by `tests.simulation.model`):
@@ -137,7 +137,7 @@ def _plan_lines(lines: list[Line], plans: Mapping[str, int]) -> list[Line]:
 
 
 def invoice_rejection(event: TypedEvent, plans: Mapping[str, int]) -> str | None:
-    """Why an invoice event is rejected (SPEC 3.4), None when it can be applied."""
+    """Why an invoice event is rejected (docs/events.md), None when it can be applied."""
     invoice = event["invoice"]
     if invoice.get("subscription_id") is None:
         return None
