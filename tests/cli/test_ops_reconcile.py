@@ -155,7 +155,8 @@ async def test_a_dispute_stripe_closed_is_missing_until_repair_gives_the_credits
     w.close_dispute(dispute, won=True)  # never delivered
     fake_stripe.add_dispute(w.dispute_object(dispute))
     [missing] = differences(await run_ops("reconcile", "--stripe", "--json"))
-    assert (missing["kind"], missing["stripe_says"]) == ("dispute", f"dispute won: {purchase.amount} usd")
+    won = f"dispute won: {purchase.amount} usd"
+    assert (missing["kind"], missing["stripe_says"]) == ("dispute", won)
     assert missing["tally_says"] == "dispute needs_response"
     assert (await run_ops("reconcile", "--stripe", "--repair")).code == 0
     assert account(db, user_id) == (SIGNUP, PACK_CREDITS)
