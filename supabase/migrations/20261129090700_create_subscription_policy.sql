@@ -472,6 +472,8 @@ declare
   v_state tally.subscription_observations;
   v_next tally.subscription_observations;
   v_upgrade tally.invoices;
+  v_plan text;  -- the plan reached, as far as the walk has gone
+  v_plan_since timestamptz;  -- the second it was reached
 begin
   select * into v_period from tally.paid_periods p
    where p.subscription_id = p_subscription_id and p.period_start = p_period_start;
@@ -479,6 +481,8 @@ begin
     return null;
   end if;
   v_allowance := coalesce(tally.plan_credits_of(v_period.price_id), 0);
+  v_plan := v_period.price_id;
+  v_plan_since := v_period.invoice_created_at;
   -- The chain of same-second updates starts from the plan the invoice billed.
   v_state.subscription_id := p_subscription_id;
   v_state.price_id := v_period.price_id;
@@ -516,14 +520,24 @@ begin
       v_next := tally.next_in_second(v_state, v_state.status, v_pending);
       v_pending := array(select c from unnest(v_pending) as c
                           where c.stripe_event_id <> v_next.stripe_event_id);
-      v_state := v_next;
-      -- Only a change of plan lowers the allowance (a downgrade at once);
-      -- an update that leaves the plan as it was (a pending update waiting
-      -- for its payment, a cancellation) says nothing about it.
-      if v_next.previous ? 'price_id' then
+      -- A change of plan lowers the allowance (a downgrade at once): an
+      -- update whose previous_attributes name the plan, or an event of a
+      -- later second than the plan reached showing another plan (the
+      -- change's own update not delivered yet, say a cancellation after a
+      -- downgrade). An event showing the plan reached (a pending update
+      -- waiting for its payment, a cancellation) says nothing about it, nor
+      -- does one of the same second, whose order against the change is
+      -- unknown (a subscription's created event, say).
+      if v_next.previous ? 'price_id'
+         or (v_next.price_id is distinct from v_plan and v_second > v_plan_since) then
         v_allowance := least(v_allowance, coalesce(tally.plan_credits_of(v_next.price_id),
                                                    v_allowance));
+        if v_next.price_id is distinct from v_plan then
+          v_plan := v_next.price_id;
+          v_plan_since := v_second;
+        end if;
       end if;
+      v_state := v_next;
       select u.* into v_upgrade from unnest(v_upgrades) u
        where tally.upgrade_price(u) = v_next.price_id
        order by u.invoice_id

@@ -126,3 +126,39 @@ def test_dispute_events_delivered_before_their_invoice_count(
     for event in events:
         apply_typed(service, event)
     assert read_states(admin, [user])[user].plan_credits == plan_credits
+
+
+@pytest.mark.parametrize("layout", ["legacy", "basil"])
+def test_a_cancellation_delivered_before_its_downgrade_lowers_the_allowance(admin, service, layout):
+    user = new_user(admin)
+    sub = te.Buyer.new(user, layout=layout).subscription("pro")
+    apply_typed(service, sub.invoice_paid(period=0))
+    downgrade = sub.plan_changed(period=0, plan="starter", previous_plan="pro",
+                                 created=te.at(0, HALF))  # fmt: skip
+    # The cancellation shows the plan the customer moved to; its update is still on its way.
+    apply_typed(service, sub.deleted(period=0, plan="starter", ended_at=te.at(0, HALF + 60)))
+    assert read_states(admin, [user])[user].plan_credits == te.PLANS["starter"][1]
+    apply_typed(service, downgrade)
+    assert read_states(admin, [user])[user].plan_credits == te.PLANS["starter"][1]
+
+
+@pytest.mark.parametrize("layout", ["legacy", "basil"])
+def test_a_cancellation_after_a_paid_upgrade_keeps_what_the_upgrade_paid_for(
+    admin, service, layout
+):
+    user = new_user(admin)
+    sub = te.Buyer.new(user, layout=layout).subscription("starter")
+    up_at, down_at = te.at(0, HALF), te.at(0, HALF + te.DAY)
+    events = [
+        sub.invoice_paid(period=0),
+        sub.plan_changed(period=0, plan="pro", previous_plan="starter", created=up_at),
+        sub.plan_changed(period=0, plan="starter", previous_plan="pro", created=down_at),
+        sub.swept_proration_invoice(period=0, plan="pro", up_at=up_at, down_at=down_at),
+        sub.updated(period=0, plan="starter", cancel_at_period_end=True,
+                    previous={"cancel_at_period_end": False}, created=down_at + 10),
+    ]  # fmt: skip
+    for event in events:
+        apply_typed(service, event)
+    pro, starter = te.PLANS["pro"][1], te.PLANS["starter"][1]
+    # One day of Pro was paid for: its share of the difference stays after the cancellation.
+    assert read_states(admin, [user])[user].plan_credits == starter + (pro - starter) // 30

@@ -227,6 +227,34 @@ def test_an_immediate_downgrade_lowers_the_allowance_at_once(buyer):
     assert plan([change, sub.invoice_paid(period=0)]) == STARTER
 
 
+def test_a_cancellation_showing_a_lower_plan_lowers_the_allowance_before_its_update(buyer):
+    sub = buyer.subscription("pro")
+    change = sub.plan_changed(period=0, plan="starter", previous_plan="pro",
+                              created=te.at(0, HALF))  # fmt: skip
+    ended = sub.deleted(period=0, plan="starter", ended_at=te.at(0, HALF + 60))
+    assert plan([sub.invoice_paid(period=0), ended]) == STARTER
+    assert plan([sub.invoice_paid(period=0), ended, change]) == STARTER
+
+
+def test_a_cancellation_after_a_paid_upgrade_keeps_what_the_upgrade_paid_for(sub):
+    up_at, down_at = te.at(0, HALF), te.at(0, HALF + te.DAY)
+    events = [
+        sub.invoice_paid(period=0),
+        sub.plan_changed(period=0, plan="pro", previous_plan="starter", created=up_at),
+        sub.plan_changed(period=0, plan="starter", previous_plan="pro", created=down_at),
+        sub.swept_proration_invoice(period=0, plan="pro", up_at=up_at, down_at=down_at),
+    ]
+    cancelled = sub.updated(
+        period=0,
+        cancel_at_period_end=True,
+        previous={"cancel_at_period_end": False},
+        created=down_at + 10,
+    )
+    paid_day_of_pro = (PRO - STARTER) // 30
+    assert plan(events) == STARTER + paid_day_of_pro
+    assert plan([*events, cancelled]) == STARTER + paid_day_of_pro
+
+
 def test_a_downgrade_billed_at_once_adds_nothing_for_its_credit_lines(buyer):
     sub = buyer.subscription("pro")
     events = [sub.invoice_paid(period=0), *upgrade(sub, after=HALF, to="starter", frm="pro")]
@@ -291,7 +319,9 @@ def test_an_upgrade_waiting_for_its_payment_counts_once_paid_whatever_came_in_be
                              created=te.at(0, HALF + te.DAY + 2))  # fmt: skip
     events = [sub.invoice_paid(period=0), failed, pending, paid, moved]
     assert plan(events) == STARTER + 2000
-    assert plan(events[:-1]) == STARTER  # the update showing starter, as long as it is the last
+    # Before the move is delivered: the update showing starter changed no plan (it came
+    # before the payment), so what the paid invoice pays for already counts.
+    assert plan(events[:-1]) == STARTER + 2000
 
 
 def test_flip_flopping_plans_never_adds_more_than_was_paid(sub):

@@ -12,8 +12,10 @@ already tagged with its user by `tests.simulation.model`):
 - a paid upgrade invoice (billing_reason subscription_update) adds what its
   proration lines pay for, each line's plan credits times the share of the
   period it covers, credit lines negative, rounded down, never below zero;
-- every subscription event naming the period lowers the allowance to its
-  plan's credits (an immediate downgrade), at its own time;
+- every change of plan naming the period (an update whose previous
+  attributes name the plan, or any event showing a plan other than the one
+  reached) lowers the allowance to its plan's credits (an immediate
+  downgrade), at its own time;
 - refunds and open or lost disputes of the period's invoices take back their
   share of what each invoice granted.
 
@@ -536,7 +538,7 @@ def fold_allowance(
     period: Period, observations: Iterable[Observation], plans: Mapping[str, int]
 ) -> int:
     """The period's allowance in Stripe time order: its plan, plus each paid upgrade at
-    its invoice's created, lowered to the plan of each subscription event naming the
+    its invoice's created, lowered to the plan of each change of plan naming the
     period at the event's created (an immediate downgrade).
 
     Events older than the period's invoice are left out: the invoice billed the
@@ -558,7 +560,7 @@ def fold_allowance(
         and o.observed_at >= period.billed_at
     ]
     upgrades = [grant for grant in period.grants if grant.kind == "upgrade"]
-    fold = _AllowanceFold(plans[period.price_id], period.price_id, plans, changes)
+    fold = _AllowanceFold(plans[period.price_id], period.price_id, period.billed_at, plans, changes)
     # The period starts on the plan its invoice billed: a same-second change that left
     # that plan comes first, even with no earlier update in the period to chain from.
     fold.state = Observation(
@@ -585,6 +587,7 @@ class _AllowanceFold:
 
     allowance: int
     plan: str | None  # the plan the subscription is on, as far as the walk has gone
+    plan_since: int  # the second that plan was reached
     plans: Mapping[str, int]
     changes: list[Observation]
     state: Observation | None = None
@@ -624,10 +627,18 @@ class _AllowanceFold:
         )
 
     def _move(self, state: Observation, upgrades: list[Grant]) -> None:
-        """A subscription event: the allowance is at most its plan's, then what waited
-        for this plan (or the same-second upgrade to it) is added."""
-        self.plan = state.price_id
-        self.allowance = min(self.allowance, self.plans.get(state.price_id, self.allowance))
+        """A subscription event: a change of plan (its previous attributes name the
+        plan, or, in a later second than the plan reached, it shows another plan)
+        makes the allowance at most its plan's; then what waited for this plan (or the
+        same-second upgrade to it) is added. An event on the plan reached (a
+        cancellation, say) lowers nothing: an upgrade paid since is kept; nor does one
+        of the same second, whose order against the change is unknown."""
+        names_plan = bool(state.previous and "price_id" in state.previous)
+        shows_another = state.price_id != self.plan and state.observed_at > self.plan_since
+        if names_plan or shows_another:
+            self.allowance = min(self.allowance, self.plans.get(state.price_id, self.allowance))
+            if state.price_id != self.plan:
+                self.plan, self.plan_since = state.price_id, state.observed_at
         matched = next((g for g in upgrades if g.invoice.upgrade_price == state.price_id), None)
         if matched is not None:
             upgrades.remove(matched)

@@ -812,6 +812,28 @@ class Subscription:
         fields.update(overrides)
         return invoice_event(**fields)
 
+    def swept_proration_invoice(
+        self, *, period: int, plan: str, up_at: int, down_at: int, from_plan: str | None = None
+    ) -> JSON:
+        """The paid invoice of a change back to `from_plan` at `down_at`, billed at once,
+        sweeping up the prorations of the change to `plan` at `up_at` that were left for
+        the next invoice: it pays for `plan` over [up_at, down_at)."""
+        from_plan = from_plan or self.plan
+        end = at(period + 1)
+        lines = [
+            invoice_line(price_id=plan_price(price), period_start=start, period_end=end,
+                         subscription_id=self.subscription_id, amount=sign * 100,
+                         proration=True, credited_invoice=new_id("in") if sign < 0 else None,
+                         layout=self.layout)
+            for price, start, sign in [(from_plan, up_at, -1), (plan, up_at, 1),
+                                       (plan, down_at, -1), (from_plan, down_at, 1)]
+        ]  # fmt: skip
+        return invoice_event(
+            customer_id=self.customer_id, subscription_id=self.subscription_id,
+            billing_reason="subscription_update", subscription_metadata_user_id=self._user(),
+            lines=lines, layout=self.layout, created=down_at + 2, invoice_created=down_at + 2,
+        )  # fmt: skip
+
     def upgrade(
         self, *, period: int, plan: str, at_time: int, from_plan: str | None = None,
         paid: bool = True,
