@@ -607,17 +607,17 @@ revoke all on function tally.post_plan_change(tally.accounts, text, integer, int
   from public, anon, authenticated;
 
 -- Make p_period the account's plan period with p_plan_spent already spent
--- in it: plan credits become its allowance less that (clawbacks follow).
+-- in it: plan credits become its allowance (p_allowance, as
+-- tally.period_allowance says) less that (clawbacks follow).
 create function tally.enter_period(
-  p_account tally.accounts, p_period tally.paid_periods, p_plan_spent integer,
-  p_context tally.plan_context, p_withdrawn boolean
+  p_account tally.accounts, p_period tally.paid_periods, p_allowance integer,
+  p_plan_spent integer, p_context tally.plan_context, p_withdrawn boolean
 ) returns tally.accounts
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_allowance integer := coalesce(
-    tally.period_allowance(p_period.subscription_id, p_period.period_start), 0);
+  v_allowance integer := coalesce(p_allowance, 0);
   v_account tally.accounts;
 begin
   update tally.accounts
@@ -644,7 +644,7 @@ begin
 end;
 $$;
 
-revoke all on function tally.enter_period(tally.accounts, tally.paid_periods, integer,
+revoke all on function tally.enter_period(tally.accounts, tally.paid_periods, integer, integer,
                                           tally.plan_context, boolean)
   from public, anon, authenticated;
 
@@ -671,6 +671,8 @@ begin
   if not found then
     return;
   end if;
+  -- Folded once: entering the period and the change below both use it.
+  v_allowance := tally.period_allowance(v_period.subscription_id, v_period.period_start);
 
   if v_account.period_start is null
      or (v_period.period_start, v_period.subscription_id)
@@ -679,14 +681,13 @@ begin
     update tally.paid_periods set plan_spent = v_account.plan_spent
      where subscription_id = v_account.period_subscription_id
        and period_start = v_account.period_start;
-    v_account := tally.enter_period(v_account, v_period, 0, p_context, false);
+    v_account := tally.enter_period(v_account, v_period, v_allowance, 0, p_context, false);
   elsif (v_period.period_start, v_period.subscription_id)
         < (v_account.period_start, v_account.period_subscription_id) then
-    v_account := tally.enter_period(v_account, v_period,
+    v_account := tally.enter_period(v_account, v_period, v_allowance,
                                     v_period.plan_spent + v_account.plan_spent, p_context, true);
   end if;
 
-  v_allowance := tally.period_allowance(v_period.subscription_id, v_period.period_start);
   if v_allowance <> v_account.plan_allowance then
     v_account := tally.post_plan_change(
       v_account, 'plan_change', v_allowance, v_account.plan_refunded, v_account.plan_disputed,
