@@ -933,7 +933,10 @@ begin
     perform tally.reject(format('two catalog plans on one invoice: %s',
                                 array_to_string(v_lines.plan_prices, ', ')));
   end if;
-  v_is_upgrade := v_reason = 'subscription_update' and v_lines.proration_lines is not null;
+  -- Never null (an invoice without billing_reason is no upgrade): a null here
+  -- would let a paid invoice without a plan line pass the check below.
+  v_is_upgrade := v_reason is not distinct from 'subscription_update'
+                  and v_lines.proration_lines is not null;
   if v_lines.plan_line is null and v_lines.proration_lines is null
      and v_lines.unknown_price is not null then
     perform tally.reject(format('unknown price %s: no plan has it', v_lines.unknown_price));

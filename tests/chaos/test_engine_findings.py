@@ -162,3 +162,17 @@ def test_a_cancellation_after_a_paid_upgrade_keeps_what_the_upgrade_paid_for(
     pro, starter = te.PLANS["pro"][1], te.PLANS["starter"][1]
     # One day of Pro was paid for: its share of the difference stays after the cancellation.
     assert read_states(admin, [user])[user].plan_credits == starter + (pro - starter) // 30
+
+
+@pytest.mark.parametrize("layout", ["legacy", "basil"])
+def test_a_paid_invoice_of_proration_lines_without_a_billing_reason_is_rejected(
+    admin, service, layout
+):
+    user = new_user(admin)
+    sub = te.Buyer.new(user, layout=layout).subscription("starter")
+    invoice = sub.proration_invoice(period=0, from_plan="starter", to_plan="pro",
+                                    at_time=te.at(0, HALF), billing_reason=None)  # fmt: skip
+    answer = apply_typed(service, invoice)
+    assert answer["status"] == "rejected", answer
+    assert "no plan line" in answer["reason"]
+    assert read_states(admin, [user])[user].subscription_status is None

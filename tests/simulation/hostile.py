@@ -120,11 +120,15 @@ def isolated(raw: dict[str, Any], user_id: str, new_user_id: str, suffix: str) -
     return json.loads(STRIPE_ID.sub(lambda m: f"{m.group(1)}_{m.group(2)}{suffix}", text))
 
 
-def accepted_typed(raw: dict[str, Any]) -> dict[str, Any] | None:
-    """The typed event the sidecar would forward, None if it refuses or ignores the event."""
+def accepted_typed(raw: dict[str, Any], key_is_live: bool | None = False) -> dict[str, Any] | None:
+    """The typed event the sidecar would forward, None if it refuses or ignores the event.
+
+    The sidecars under test run with a test-mode Stripe key: a live-mode event
+    gets a problem (and is recorded as rejected), as from theirs.
+    """
     try:
         envelope = read_envelope(json.loads(json.dumps(raw)))
-        return normalise(envelope) if envelope.is_handled else None
+        return normalise(envelope, key_is_live=key_is_live) if envelope.is_handled else None
     except Unreadable:
         return None
 
@@ -228,10 +232,16 @@ async def send_isolated(
     """Send each mutated event in a world of its own; check grants against the model."""
     report = HostileReport(cases=len(cases))
     prepared = []
+    cases_of: dict[str, str] = {}  # user -> the case, for failure reports
     for event, path, value in cases:
         user = new_user_id(rng)
-        world = isolated(event, sample_user, user, f"{rng.getrandbits(32):08x}")
+        suffix = f"{rng.getrandbits(32):08x}"
+        world = isolated(event, sample_user, user, suffix)
+        if path == ("id",) and isinstance(value, str) and value:
+            # A readable event id of its own: cases sharing one would be one event.
+            value = value + suffix
         prepared.append((user, with_value(world, path, value)))
+        cases_of[user] = f"{event['type']} {'.'.join(map(str, path))} = {str(value)[:40]!r}"
     users = [user for user, _ in prepared]
     with psycopg.connect(dsn, autocommit=True) as conn:
         create_users(conn, users)
@@ -264,6 +274,9 @@ async def send_isolated(
     report.accepted = len(accepted)
     with psycopg.connect(dsn, autocommit=True) as conn:
         expected = expected_states(accepted, catalog, users)
-        report.mismatches = differences(expected, read_states(conn, users))
+        report.mismatches = {
+            f"{user} ({cases_of[user]})": difference
+            for user, difference in differences(expected, read_states(conn, users)).items()
+        }
         report.violations = invariant_violations(conn, users=users)
     return report
