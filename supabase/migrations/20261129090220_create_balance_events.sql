@@ -83,9 +83,18 @@ as $$
 declare
   v_after integer := p_account.plan_credits + p_account.addon_credits - p_held;
   v_threshold integer;
+  v_is_low boolean;
+  v_is_depleted boolean;
   v_data jsonb;
 begin
   if p_granted <= 0 and v_after >= p_before then
+    return;
+  end if;
+  select low_balance_threshold into v_threshold from tally.settings;
+  v_is_low := p_before >= v_threshold and v_after < v_threshold;
+  v_is_depleted := p_before > 0 and v_after = 0;
+  -- Most spends cross nothing: no snapshot is built for them.
+  if p_granted <= 0 and not v_is_low and not v_is_depleted then
     return;
   end if;
   v_data := tally.balance_snapshot(p_account, p_held) || jsonb_build_object('reason', p_why);
@@ -93,12 +102,11 @@ begin
     perform tally.queue_balance_event('credits.granted',
                                       v_data || jsonb_build_object('granted', p_granted));
   end if;
-  select low_balance_threshold into v_threshold from tally.settings;
-  if p_before >= v_threshold and v_after < v_threshold then
+  if v_is_low then
     perform tally.queue_balance_event('credits.low',
                                       v_data || jsonb_build_object('threshold', v_threshold));
   end if;
-  if p_before > 0 and v_after = 0 then
+  if v_is_depleted then
     perform tally.queue_balance_event('credits.depleted', v_data);
   end if;
 end;
