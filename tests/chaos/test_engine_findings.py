@@ -151,9 +151,7 @@ def test_a_cancellation_after_a_paid_upgrade_keeps_what_the_upgrade_paid_for(
     up_at, down_at = te.at(0, HALF), te.at(0, HALF + te.DAY)
     events = [
         sub.invoice_paid(period=0),
-        sub.plan_changed(period=0, plan="pro", previous_plan="starter", created=up_at),
-        sub.plan_changed(period=0, plan="starter", previous_plan="pro", created=down_at),
-        sub.swept_proration_invoice(period=0, plan="pro", up_at=up_at, down_at=down_at),
+        *sub.there_and_back(period=0, plan="pro", up_at=up_at, down_at=down_at),
         sub.updated(period=0, plan="starter", cancel_at_period_end=True,
                     previous={"cancel_at_period_end": False}, created=down_at + 10),
     ]  # fmt: skip

@@ -13,9 +13,9 @@ already tagged with its user by `tests.simulation.model`):
   proration lines pay for, each line's plan credits times the share of the
   period it covers, credit lines negative, rounded down, never below zero;
 - every change of plan naming the period (an update whose previous
-  attributes name the plan, or any event showing a plan other than the one
-  reached) lowers the allowance to its plan's credits (an immediate
-  downgrade), at its own time;
+  attributes name the plan, or an event of a later second than the plan
+  reached showing another plan) lowers the allowance to its plan's credits
+  (an immediate downgrade), at its own time;
 - refunds and open or lost disputes of the period's invoices take back their
   share of what each invoice granted.
 

@@ -812,6 +812,21 @@ class Subscription:
         fields.update(overrides)
         return invoice_event(**fields)
 
+    def there_and_back(
+        self, *, period: int, plan: str, up_at: int, down_at: int, from_plan: str | None = None
+    ) -> list[JSON]:
+        """A change to `plan` at `up_at` left for the next invoice, then a change back at
+        `down_at` billed at once: both updates, then the invoice that sweeps up both
+        changes' prorations and so pays for `plan` over [up_at, down_at)."""
+        from_plan = from_plan or self.plan
+        return [
+            self.plan_changed(period=period, plan=plan, previous_plan=from_plan, created=up_at),
+            self.plan_changed(period=period, plan=from_plan, previous_plan=plan,
+                              created=down_at),
+            self.swept_proration_invoice(period=period, plan=plan, up_at=up_at,
+                                         down_at=down_at, from_plan=from_plan),
+        ]  # fmt: skip
+
     def swept_proration_invoice(
         self, *, period: int, plan: str, up_at: int, down_at: int, from_plan: str | None = None
     ) -> JSON:
