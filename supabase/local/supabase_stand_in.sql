@@ -83,9 +83,10 @@ grant all on auth.users to service_role;
 -- realtime.send() writes a message to realtime.messages (partitioned by
 -- day), with the topic in the transaction setting realtime.topic, which
 -- realtime.topic() reads in the row-level security policies that decide
--- who receives it. Realtime's own server creates the daily partitions; here
--- send() creates the day's partition itself, as Realtime's earlier send()
--- did. A failure to send is a warning, never an error of the caller.
+-- who receives it. On a project, Realtime's own server creates the daily
+-- partitions ahead of time and send() only inserts (its current body, below);
+-- here one default partition stands in for them, so a message of any day has
+-- a place. A failure to send is a warning, never an error of the caller.
 create schema if not exists realtime;
 grant usage on schema realtime to postgres, anon, authenticated, service_role;
 
@@ -100,6 +101,7 @@ create table if not exists realtime.messages (
   id uuid not null default gen_random_uuid(),
   primary key (id, inserted_at)
 ) partition by range (inserted_at);
+create table if not exists realtime.messages_default partition of realtime.messages default;
 alter table realtime.messages enable row level security;
 grant select, insert, update on realtime.messages to anon, authenticated, service_role;
 
@@ -115,23 +117,19 @@ returns void
 language plpgsql
 as $$
 declare
-  partition_name text := 'messages_' || to_char(now(), 'YYYY_MM_DD');
-  generated_id uuid := gen_random_uuid();
+  generated_id uuid;
+  final_payload jsonb;
 begin
   begin
-    if not exists (select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                    where n.nspname = 'realtime' and c.relname = partition_name) then
-      execute format('create table realtime.%I partition of realtime.messages'
-                     ' for values from (%L) to (%L)', partition_name,
-                     date_trunc('day', now()::timestamp),
-                     date_trunc('day', now()::timestamp) + interval '1 day');
+    generated_id := gen_random_uuid();
+    if payload ? 'id' then
+      final_payload := payload;
+    else
+      final_payload := jsonb_set(payload, '{id}', to_jsonb(generated_id));
     end if;
     execute format('set local realtime.topic to %L', topic);
     insert into realtime.messages (id, payload, event, topic, private, extension)
-    values (generated_id,
-            case when payload ? 'id' then payload
-                 else jsonb_set(payload, '{id}', to_jsonb(generated_id)) end,
-            event, topic, private, 'broadcast');
+    values (generated_id, final_payload, event, topic, private, 'broadcast');
   exception
     when others then
       raise warning 'ErrorSendingBroadcastMessage: %', sqlerrm;
