@@ -54,7 +54,6 @@ class Function:
             f"create function tally.{self.name}(p jsonb, p_path text) returns text",
             "language plpgsql",
             "immutable",
-            "set search_path = ''",
             "as $$",
             "declare",
             "  v jsonb;",

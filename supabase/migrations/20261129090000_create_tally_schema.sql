@@ -9,11 +9,15 @@
 -- it is granted; every migration still revokes and grants each object
 -- explicitly, right under its definition.
 --
--- Functions that act for someone else (security definer) and PL/pgSQL
--- functions pin `search_path = ''`. Small SQL helpers (one expression) do
--- not: a SET clause stops the planner from inlining them, which made each
--- call cost a fresh plan. They name every object schema-qualified instead,
--- so the caller's search_path cannot change what they mean.
+-- Every function a client role or a trigger can enter, and every function
+-- that acts for someone else (security definer), pins `search_path = ''`.
+-- The helpers in `tally` that no client role may execute do not: they run
+-- only inside those entry points, where the empty path is already in force,
+-- and a SET clause costs every call a change of configuration (several per
+-- cent of the database's work per event, measured) and stops the planner
+-- from inlining small SQL helpers. All of them name every object
+-- schema-qualified, so a caller's search_path could not change what they
+-- mean anyway.
 
 create schema if not exists tally;
 

@@ -152,7 +152,6 @@ create function tally.post_entry(
   p_plan_spent_delta integer default 0
 ) returns tally.ledger_entries
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_account tally.accounts;
@@ -188,7 +187,6 @@ revoke all on function tally.post_entry(uuid, text, integer, integer, tally.entr
 -- here first, so changes of one user serialise and never deadlock.
 create function tally.lock_account(p_user_id uuid) returns tally.accounts
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_row tally.accounts;

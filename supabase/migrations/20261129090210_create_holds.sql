@@ -49,7 +49,6 @@ revoke all on function tally.is_live_hold(tally.holds) from public, anon, authen
 create function tally.held_credits(p_user_id uuid) returns integer
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return (select coalesce(sum(h.amount), 0)::integer
@@ -64,7 +63,6 @@ revoke all on function tally.held_credits(uuid) from public, anon, authenticated
 -- The caller holds the account lock. Returns what stays held.
 create function tally.fit_holds(p_user_id uuid, p_total integer) returns integer
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_hold tally.holds;

@@ -58,7 +58,6 @@ revoke all on function tally.balance_snapshot(tally.accounts, integer)
 
 create function tally.queue_balance_event(p_type text, p_data jsonb) returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   insert into tally.balance_events (user_id, type, payload)
@@ -78,7 +77,6 @@ create function tally.emit_balance_events(
   p_account tally.accounts, p_held integer, p_before integer, p_granted integer, p_why text
 ) returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_after integer := p_account.plan_credits + p_account.addon_credits - p_held;

@@ -6,7 +6,6 @@ create function tally.after_balance_change(p_account tally.accounts,
                                            p_entry tally.ledger_entries)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_total integer := p_account.plan_credits + p_account.addon_credits;

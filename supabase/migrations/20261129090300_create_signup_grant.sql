@@ -8,7 +8,6 @@
 create function tally.is_anonymous(p_user_id uuid) returns boolean
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return (select coalesce((select u.is_anonymous from auth.users u where u.id = p_user_id), false));
@@ -23,7 +22,6 @@ revoke all on function tally.is_anonymous(uuid) from public, anon, authenticated
 -- converting after subscribing gets a zero entry saying so.
 create function tally.grant_signup(p_account tally.accounts) returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_credits integer;
@@ -53,7 +51,6 @@ revoke all on function tally.grant_signup(tally.accounts) from public, anon, aut
 -- The user's account, created (and granted, unless anonymous) if missing.
 create function tally.open_account(p_user_id uuid) returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   insert into tally.accounts (user_id) values (p_user_id)

@@ -12,7 +12,6 @@
 create function tally.typed_envelope_problem(p jsonb, p_path text) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v jsonb;
@@ -108,7 +107,6 @@ revoke all on function tally.typed_envelope_problem(jsonb, text) from public, an
 create function tally.typed_checkout_session_problem(p jsonb, p_path text) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v jsonb;
@@ -244,7 +242,6 @@ revoke all on function tally.typed_checkout_session_problem(jsonb, text) from pu
 create function tally.typed_invoice_problem(p jsonb, p_path text) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v jsonb;
@@ -392,7 +389,6 @@ revoke all on function tally.typed_invoice_problem(jsonb, text) from public, ano
 create function tally.typed_invoice_problem__lines_item(p jsonb, p_path text) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v jsonb;
@@ -482,7 +478,6 @@ revoke all on function tally.typed_invoice_problem__lines_item(jsonb, text) from
 create function tally.typed_subscription_problem(p jsonb, p_path text) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v jsonb;
@@ -600,7 +595,6 @@ revoke all on function tally.typed_subscription_problem(jsonb, text) from public
 create function tally.typed_subscription_problem__items_item(p jsonb, p_path text) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v jsonb;
@@ -652,7 +646,6 @@ revoke all on function tally.typed_subscription_problem__items_item(jsonb, text)
 create function tally.typed_subscription_problem__previous(p jsonb, p_path text) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v jsonb;
@@ -707,7 +700,6 @@ revoke all on function tally.typed_subscription_problem__previous(jsonb, text) f
 create function tally.typed_subscription_problem__previous__items_item(p jsonb, p_path text) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v jsonb;
@@ -759,7 +751,6 @@ revoke all on function tally.typed_subscription_problem__previous__items_item(js
 create function tally.typed_charge_problem(p jsonb, p_path text) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v jsonb;
@@ -855,7 +846,6 @@ revoke all on function tally.typed_charge_problem(jsonb, text) from public, anon
 create function tally.typed_dispute_problem(p jsonb, p_path text) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v jsonb;
@@ -941,7 +931,6 @@ revoke all on function tally.typed_dispute_problem(jsonb, text) from public, ano
 create function tally.typed_invoice_payment_problem(p jsonb, p_path text) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v jsonb;
@@ -1069,7 +1058,6 @@ revoke all on function tally.typed_object_problem(text, jsonb, text)
 create function tally.typed_event_problem(p_event jsonb) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v_problem text := tally.typed_envelope_problem(p_event, 'event');

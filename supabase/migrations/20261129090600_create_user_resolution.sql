@@ -7,7 +7,6 @@
 -- rejected with this message as its reason. SQLSTATE TL001 is ours.
 create function tally.reject(p_reason text) returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   raise exception using errcode = 'TL001', message = p_reason;
@@ -113,7 +112,6 @@ create function tally.payment_target(p_payment_intent_id text, p_charge_id text,
 returns table (kind text, id text, user_id uuid)
 language plpgsql
 stable
-set search_path = ''
 as $$
 declare
   v_invoice_id text := p_invoice_id;
@@ -157,7 +155,6 @@ revoke all on function tally.payment_target(text, text, text) from public, anon,
 create function tally.resolve_user(p_event jsonb) returns uuid
 language plpgsql
 stable
-set search_path = ''
 as $$
 declare
   v_hint text := tally.user_hint(p_event);
@@ -239,7 +236,6 @@ revoke all on function tally.wake_batch_size() from public, anon, authenticated;
 -- ready and re-apply the oldest of them now. Returns how many were applied.
 create function tally.wake(p_key text) returns integer
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_event_id text;
@@ -274,7 +270,6 @@ revoke all on function tally.wake(text) from public, anon, authenticated;
 create function tally.link_customer(p_customer_id text, p_user_id uuid, p_source text)
 returns boolean
 language plpgsql
-set search_path = ''
 as $$
 begin
   perform tally.lock_key('customer:' || p_customer_id);

@@ -37,7 +37,6 @@ revoke all on function tally.to_bigint(jsonb) from public, anon, authenticated;
 create function tally.plan_credits_of(p_price_id text) returns integer
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return (select pl.monthly_credits from public.plans pl where pl.stripe_price_id = p_price_id);
@@ -49,7 +48,6 @@ revoke all on function tally.plan_credits_of(text) from public, anon, authentica
 create function tally.plan_name_of(p_price_id text) returns text
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return (select coalesce((select pl.name from public.plans pl where pl.stripe_price_id = p_price_id),
@@ -66,7 +64,6 @@ revoke all on function tally.plan_name_of(text) from public, anon, authenticated
 create function tally.plan_item(p_items jsonb, p_strict boolean) returns jsonb
 language plpgsql
 stable
-set search_path = ''
 as $$
 declare
   v_plans jsonb;
@@ -152,7 +149,6 @@ create function tally.next_in_second(
 ) returns tally.subscription_observations
 language plpgsql
 immutable
-set search_path = ''
 as $$
 declare
   v_row tally.subscription_observations;
@@ -198,7 +194,6 @@ revoke all on function tally.status_after_invoice(text, boolean, text)
 -- invoices' payment results. Once canceled, nothing un-cancels it.
 create function tally.resolve_subscription(p_subscription_id text) returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_second timestamptz;
@@ -294,7 +289,6 @@ revoke all on function tally.resolve_subscription(text) from public, anon, authe
 -- older or same-second observation, no subscription event yet) re-folds.
 create function tally.observe(p_observation tally.subscription_observations) returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_mirror tally.subscriptions;
@@ -364,7 +358,6 @@ create function tally.is_period_eligible(p_subscription_id text, p_period_start 
 returns boolean
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return not coalesce((select p_period_start >= tally.subscription_end(s)
@@ -385,7 +378,6 @@ create function tally.proration_credits(
 ) returns integer
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return (
@@ -408,7 +400,6 @@ revoke all on function tally.proration_credits(jsonb, timestamptz, timestamptz)
 -- yet in the paid period that contains their lines, and say what they add.
 create function tally.place_prorations(p_subscription_id text) returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   -- Most invoices find none waiting: one index probe, then nothing.
@@ -437,7 +428,6 @@ revoke all on function tally.place_prorations(text) from public, anon, authentic
 create function tally.upgrade_price(p_invoice tally.invoices) returns text
 language plpgsql
 immutable
-set search_path = ''
 as $$
 begin
   return (select min(line ->> 'price_id')
@@ -461,7 +451,6 @@ create function tally.period_allowance(p_subscription_id text, p_period_start ti
 returns integer
 language plpgsql
 stable
-set search_path = ''
 as $$
 declare
   v_period tally.paid_periods;
@@ -574,7 +563,6 @@ create function tally.post_plan_change(
   p_always boolean default false
 ) returns tally.accounts
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_target integer := greatest(0, p_allowance - p_refunded - p_disputed - p_account.plan_spent);
@@ -614,7 +602,6 @@ create function tally.enter_period(
   p_plan_spent integer, p_context tally.plan_context, p_withdrawn boolean
 ) returns tally.accounts
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_allowance integer := coalesce(p_allowance, 0);
@@ -654,7 +641,6 @@ revoke all on function tally.enter_period(tally.accounts, tally.paid_periods, in
 -- spent in it and since); then its allowance, refunds and disputes.
 create function tally.settle_plan(p_user_id uuid, p_context tally.plan_context) returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_account tally.accounts;
@@ -724,7 +710,6 @@ revoke all on function tally.settle_plan(uuid, tally.plan_context) from public, 
 -- period, then newest) onto the account, for credit_balances.
 create function tally.refresh_subscription_summary(p_user_id uuid) returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_subscription tally.subscriptions;
@@ -764,7 +749,6 @@ create function tally.review_second_subscription(p_user_id uuid, p_subscription_
                                                  p_event_id text)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_others jsonb;
@@ -795,7 +779,6 @@ create function tally.invoice_lines(p_invoice jsonb,
                                     out line_count integer)
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   select array_agg(distinct l.price_id) filter (where l.is_plan and not l.is_proration),
@@ -827,7 +810,6 @@ revoke all on function tally.invoice_lines(jsonb) from public, anon, authenticat
 create function tally.record_invoice_payment(p_payment_key text, p_invoice_id text)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   if p_payment_key is null or p_invoice_id is null then
@@ -852,7 +834,6 @@ create function tally.record_paid_period(p_event jsonb, p_user_id uuid, p_line j
                                          p_created timestamptz)
 returns boolean
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_invoice jsonb := p_event -> 'invoice';
@@ -891,7 +872,6 @@ create function tally.record_proration_invoice(p_event jsonb, p_user_id uuid,
                                                p_lines jsonb, p_created timestamptz)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   insert into tally.invoices (invoice_id, kind, user_id, subscription_id, invoice_created_at,
@@ -911,7 +891,6 @@ revoke all on function tally.record_proration_invoice(jsonb, uuid, jsonb, timest
 -- granted, null when something was.
 create function tally.apply_invoice(p_event jsonb, p_user_id uuid) returns text
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_invoice jsonb := p_event -> 'invoice';
@@ -994,7 +973,6 @@ revoke all on function tally.apply_invoice(jsonb, uuid) from public, anon, authe
 create function tally.previous_state(p_previous jsonb, p_item jsonb) returns jsonb
 language plpgsql
 stable
-set search_path = ''
 as $$
 declare
   v_result jsonb := '{}'::jsonb;
@@ -1029,7 +1007,6 @@ revoke all on function tally.previous_state(jsonb, jsonb) from public, anon, aut
 -- customer.subscription.created / updated / deleted.
 create function tally.apply_subscription(p_event jsonb, p_user_id uuid) returns text
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_subscription jsonb := p_event -> 'subscription';

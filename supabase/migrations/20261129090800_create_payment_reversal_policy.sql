@@ -34,7 +34,6 @@ revoke all on function tally.is_final_dispute(text) from public, anon, authentic
 -- SQLSTATE TL002 is ours; the dispatcher records the outcome.
 create function tally.park(p_key text, p_reason text) returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   raise exception using errcode = 'TL002', message = p_reason, detail = p_key;
@@ -50,7 +49,6 @@ create function tally.period_clawbacks(p_subscription_id text, p_period_start ti
                                        out refunded integer, out disputed integer)
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   select coalesce(sum(t.refund_target), 0)::integer,
@@ -81,7 +79,6 @@ create function tally.claw_back_addon(
   p_user_id uuid, p_credits integer, p_kind text, p_debt_key text, p_cause tally.entry_cause
 ) returns integer
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_taken integer;
@@ -106,7 +103,6 @@ revoke all on function tally.claw_back_addon(uuid, integer, text, text, tally.en
 -- credits coming back; returns how many went to the debts.
 create function tally.pay_addon_debts(p_user_id uuid, p_credits integer) returns integer
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_debt tally.addon_debts;
@@ -161,7 +157,6 @@ revoke all on function tally.resolve_reviews_claimed_by_pack(text, text)
 -- amount), cumulatively. Locks the buyer's account.
 create function tally.settle_pack(p_checkout_session_id text, p_event_id text) returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_pack tally.pack_purchases;
@@ -250,7 +245,6 @@ revoke all on function tally.settle_pack(text, text) from public, anon, authenti
 -- checkout.session.completed / async_payment_succeeded / async_payment_failed.
 create function tally.apply_checkout_session(p_event jsonb, p_user_id uuid) returns text
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_session jsonb := p_event -> 'checkout_session';
@@ -307,7 +301,6 @@ create function tally.record_for_operator(
   p_description text
 ) returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_is_new boolean;
@@ -336,7 +329,6 @@ create function tally.settle_invoice_reversal(
   p_invoice_id text, p_kind text, p_object_id text, p_event_id text, p_details jsonb
 ) returns text
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_user_id uuid;
@@ -378,7 +370,6 @@ create function tally.payment_target_or_park(p_event jsonb, p_payment_intent_id 
                                              p_charge_id text, p_invoice_id text,
                                              out kind text, out id text)
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_user_id uuid;
@@ -404,7 +395,6 @@ revoke all on function tally.payment_target_or_park(jsonb, text, text, text)
 -- charge.refunded
 create function tally.apply_charge_refunded(p_event jsonb, p_user_id uuid) returns text
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_charge jsonb := p_event -> 'charge';
@@ -447,7 +437,6 @@ revoke all on function tally.apply_charge_refunded(jsonb, uuid) from public, ano
 -- moves forward: once won or lost, a late `created` changes nothing.
 create function tally.apply_dispute(p_event jsonb, p_user_id uuid) returns text
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_dispute jsonb := p_event -> 'dispute';
@@ -494,7 +483,6 @@ revoke all on function tally.apply_dispute(jsonb, uuid) from public, anon, authe
 -- payment that waited to learn what it paid for.
 create function tally.apply_invoice_payment(p_event jsonb) returns text
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_payment jsonb := p_event -> 'invoice_payment';

@@ -24,7 +24,6 @@ revoke all on function tally.is_handled_type(text) from public, anon, authentica
 -- Route an event to the handler of its kind; returns a note or null.
 create function tally.dispatch_event(p_event jsonb, p_user_id uuid) returns text
 language plpgsql
-set search_path = ''
 as $$
 begin
   return case
@@ -44,7 +43,6 @@ revoke all on function tally.dispatch_event(jsonb, uuid) from public, anon, auth
 create function tally.event_lock_keys(p_event jsonb) returns text[]
 language plpgsql
 immutable
-set search_path = ''
 as $$
 begin
   return (
@@ -69,7 +67,6 @@ revoke all on function tally.event_lock_keys(jsonb) from public, anon, authentic
 -- the object (see tally.is_product_made); never from a rejected event.
 create function tally.link_event_customer(p_event jsonb, p_user_id uuid) returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_customer_id text := tally.event_customer_id(p_event);
@@ -88,7 +85,6 @@ revoke all on function tally.link_event_customer(jsonb, uuid) from public, anon,
 create function tally.unrecorded_invoice_of(p_event jsonb) returns text
 language sql
 stable
-set search_path = ''
 as $$
   select t.id
     from tally.payment_target(tally.event_payment_intent_id(p_event),
@@ -103,7 +99,6 @@ revoke all on function tally.unrecorded_invoice_of(jsonb) from public, anon, aut
 -- Apply what a stored event says, or raise TL001 (reject) / TL002 (park).
 create function tally.apply_payload(p_event jsonb) returns table (user_id uuid, note text)
 language plpgsql
-set search_path = ''
 as $$
 declare
   -- The raw payload is stored apart (an object: checked on receipt).
@@ -159,7 +154,6 @@ revoke all on function tally.apply_payload(jsonb) from public, anon, authenticat
 create function tally.user_of_rejected(p_event jsonb) returns uuid
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return tally.resolve_user(p_event);
@@ -180,7 +174,6 @@ revoke all on function tally.user_of_rejected(jsonb) from public, anon, authenti
 -- and it must not be lost.
 create function tally.process(p_event_id text, p_event jsonb) returns jsonb
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_key text;
@@ -226,7 +219,6 @@ revoke all on function tally.process(text, jsonb) from public, anon, authenticat
 -- Re-apply a stored event that waits or was rejected, from its kept reading.
 create function tally.process_event(p_event_id text) returns jsonb
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_payload jsonb;

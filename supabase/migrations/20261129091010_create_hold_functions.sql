@@ -25,7 +25,6 @@ revoke all on function tally.hold_result(tally.holds, text) from public, anon, a
 create function tally.after_hold_change(p_user_id uuid, p_available_before integer)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_account tally.accounts;
@@ -104,7 +103,6 @@ grant execute on function public.reserve_credits(uuid, integer, text, integer, t
 -- The hold of a user and key, locked with its account; PT404 when none.
 create function tally.lock_hold(p_user_id uuid, p_key text) returns tally.holds
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_hold tally.holds;

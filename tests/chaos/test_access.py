@@ -195,6 +195,22 @@ def test_every_security_definer_function_pins_an_empty_search_path(admin):
     assert loose == []
 
 
+def test_every_function_a_client_role_or_a_trigger_can_enter_pins_an_empty_search_path(admin):
+    """Helpers without the pin run only inside these, where the empty path is in force."""
+    loose = admin.execute(
+        "select distinct n.nspname || '.' || p.proname from pg_proc p"
+        " join pg_namespace n on n.oid = p.pronamespace"
+        " cross join pg_roles r"
+        " where n.nspname in ('public', 'tally') and p.prokind = 'f'"
+        " and p.prolang <> (select oid from pg_language where lanname = 'sql')"
+        " and r.rolname in ('anon', 'authenticated', 'service_role')"
+        " and (has_function_privilege(r.oid, p.oid, 'execute')"
+        "      or p.prorettype = 'trigger'::regtype)"
+        " and not coalesce(p.proconfig, '{}') && array['search_path=\"\"', 'search_path=''''']"
+    ).fetchall()
+    assert loose == []
+
+
 def test_clients_may_use_no_sequence(admin):
     usable = admin.execute(
         "select r.rolname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
