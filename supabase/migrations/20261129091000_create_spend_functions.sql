@@ -43,7 +43,6 @@ revoke all on table tally.adjustments from public, anon, authenticated;
 create function tally.require_key(p_key text) returns void
 language plpgsql
 immutable
-set search_path = ''
 as $$
 begin
   if p_key is null or btrim(p_key) = '' or length(p_key) > 255 then
@@ -58,7 +57,6 @@ revoke all on function tally.require_key(text) from public, anon, authenticated;
 create function tally.require_user(p_user_id uuid) returns void
 language plpgsql
 immutable
-set search_path = ''
 as $$
 begin
   if p_user_id is null then
@@ -72,7 +70,6 @@ revoke all on function tally.require_user(uuid) from public, anon, authenticated
 -- Lock the account of a user or raise PT404 (PostgREST answers HTTP 404).
 create function tally.lock_existing_account(p_user_id uuid) returns tally.accounts
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_account tally.accounts;
@@ -89,14 +86,24 @@ $$;
 
 revoke all on function tally.lock_existing_account(uuid) from public, anon, authenticated;
 
+-- What a balance of p_total credits with p_held held leaves available
+-- (public.credit_balances counts the same way).
+create function tally.available_of(p_total integer, p_held integer) returns integer
+language sql
+immutable
+as $$
+  select p_total - least(p_held, p_total);
+$$;
+
+revoke all on function tally.available_of(integer, integer) from public, anon, authenticated;
+
 -- Credits a spend or a new hold may use: the balance less live holds.
 create function tally.available_credits(p_account tally.accounts) returns integer
 language sql
 stable
 as $$
-  select p_account.plan_credits + p_account.addon_credits
-         - least(tally.held_credits(p_account.user_id),
-                 p_account.plan_credits + p_account.addon_credits);
+  select tally.available_of(p_account.plan_credits + p_account.addon_credits,
+                            tally.held_credits(p_account.user_id));
 $$;
 
 revoke all on function tally.available_credits(tally.accounts) from public, anon, authenticated;
@@ -105,7 +112,6 @@ create function tally.raise_insufficient(p_account tally.accounts, p_amount inte
                                          p_available integer)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
   raise exception using errcode = 'PT402',
@@ -126,7 +132,6 @@ create function tally.draw_credits(
   p_account tally.accounts, p_amount integer, p_kind text, p_cause tally.entry_cause
 ) returns tally.ledger_entries
 language plpgsql
-set search_path = ''
 as $$
 declare
   v_from_plan integer := least(p_account.plan_credits, p_amount);
@@ -139,11 +144,29 @@ $$;
 revoke all on function tally.draw_credits(tally.accounts, integer, text, tally.entry_cause)
   from public, anon, authenticated;
 
+-- The balance parts a call returns, from the entry it posted and what is
+-- held: the same figures as public.credit_balances, without reading it again.
+create function tally.balance_after(p_entry tally.ledger_entries, p_held integer)
+returns jsonb
+language sql
+immutable
+as $$
+  select jsonb_build_object(
+    'user_id', p_entry.user_id,
+    'plan_credits', p_entry.plan_after,
+    'addon_credits', p_entry.addon_after,
+    'total_credits', p_entry.plan_after + p_entry.addon_after,
+    'held_credits', least(p_held, p_entry.plan_after + p_entry.addon_after),
+    'available_credits', tally.available_of(p_entry.plan_after + p_entry.addon_after, p_held));
+$$;
+
+revoke all on function tally.balance_after(tally.ledger_entries, integer)
+  from public, anon, authenticated;
+
 -- The balance parts a call returns.
 create function tally.balance_result(p_user_id uuid) returns jsonb
 language plpgsql
 stable
-set search_path = ''
 as $$
 begin
   return (select jsonb_build_object(
@@ -174,6 +197,7 @@ declare
   v_key text := spend_credits.idempotency_key;
   v_first tally.spends;
   v_account tally.accounts;
+  v_held integer;
   v_available integer;
   v_entry tally.ledger_entries;
   v_result jsonb;
@@ -201,7 +225,10 @@ begin
   end if;
 
   v_account := tally.lock_existing_account(v_user_id);
-  v_available := tally.available_credits(v_account);
+  -- A spend leaves holds as they are (it draws only on what they leave
+  -- available), so what is held before is what is held after.
+  v_held := tally.held_credits(v_user_id);
+  v_available := tally.available_of(v_account.plan_credits + v_account.addon_credits, v_held);
   if v_available < v_amount then
     perform tally.raise_insufficient(v_account, v_amount, v_available);
   end if;
@@ -209,7 +236,7 @@ begin
     coalesce(format('Spent %s credits: %s', v_amount, spend_credits.reason),
              format('Spent %s credits', v_amount)),
     p_spend_key => v_key, p_reason => spend_credits.reason));
-  v_result := tally.balance_result(v_user_id) || jsonb_build_object(
+  v_result := tally.balance_after(v_entry, v_held) || jsonb_build_object(
     'idempotency_key', v_key, 'amount', v_amount, 'ledger_entry_id', v_entry.id,
     'from_plan', -v_entry.plan_delta, 'from_addon', -v_entry.addon_delta, 'replayed', false);
   update tally.spends s
