@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from aiohttp import web
@@ -9,6 +10,15 @@ from aiohttp import web
 from sidecar.app import create_app
 from sidecar.config import Config, ConfigError
 from sidecar.observability import configure_logging, logger
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed (it spends less CPU per request)."""
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform: asyncio's own loop
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def main() -> int:
@@ -24,7 +34,9 @@ def main() -> int:
         "sidecar starting",
         extra={"port": config.port, "env": config.env, "transport": config.transport},
     )
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    web.run_app(
+        create_app(config), host=config.host, port=config.port, print=None, loop=new_event_loop()
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from sidecar import wire
 from sidecar.db import (
     CATALOG_TABLES,
     JSON,
@@ -82,7 +83,7 @@ class PostgresDatabase:
 
     async def apply_stripe_event(self, event: JSON) -> JSON:
         result = await self._fetchval(
-            "select public.apply_stripe_event($1::text::jsonb)::text", json.dumps(event)
+            "select public.apply_stripe_event($1::text::jsonb)::text", wire.dumps(event)
         )
         return _json_object(result)
 
