@@ -1,0 +1,23 @@
+"""The typed event's JSON text: orjson where it can, the standard library where it cannot."""
+
+from __future__ import annotations
+
+import json
+
+from sidecar import wire
+
+
+def test_an_ordinary_event_encodes_to_the_same_document_as_the_standard_library():
+    event = {"id": "evt_1", "amount": 1999, "nested": {"list": [1, 2.5, None, True]}, "name": "Zoë"}
+    assert json.loads(wire.dumps(event)) == event
+
+
+def test_integers_beyond_64_bits_fall_back_and_keep_every_digit():
+    event = {"id": "evt_1", "amount_paid": 2**70, "refunds": [-(2**65)]}
+    text = wire.dumps(event)
+    assert json.loads(text) == event
+    assert str(2**70) in text
+
+
+def test_the_result_is_text_postgres_can_take_as_a_parameter():
+    assert isinstance(wire.dumps({"a": 1}), str)
