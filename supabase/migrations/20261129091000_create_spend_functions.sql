@@ -149,7 +149,7 @@ revoke all on function tally.draw_credits(tally.accounts, integer, text, tally.e
 create function tally.balance_after(p_entry tally.ledger_entries, p_held integer)
 returns jsonb
 language sql
-immutable
+stable  -- as jsonb_build_object is: an immutable body would not be inlined
 as $$
   select jsonb_build_object(
     'user_id', p_entry.user_id,
