@@ -131,7 +131,7 @@ create table tally.paid_periods (
   stripe_event_id text not null,
   paid_at timestamptz not null default now(),
   -- Plan credits spent in this period, recorded when the account moves on.
-  plan_spent integer not null default 0 check (plan_spent >= 0),
+  plan_spent tally.credit_count not null default 0,
   primary key (subscription_id, period_start)
 );
 
