@@ -119,7 +119,7 @@ def _embedded_bindir() -> Path:
     bindir = package / "pginstall" / "bin"
     if not _is_bindir(bindir):
         raise PostgresUnavailable(f"embedded PostgreSQL has no initdb/pg_ctl/postgres in {bindir}")
-    user = _service_user()
+    user = service_user()
     if user is None or _runs_as(user, bindir / "postgres"):
         return bindir
     return _readable_copy(package) / "pginstall" / "bin"
@@ -166,7 +166,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _service_user() -> str | None:
+def service_user() -> str | None:
     """The user the server runs as: None means 'whoever we are'."""
     if os.geteuid() != 0:
         return None
@@ -205,7 +205,7 @@ class LocalPostgres:
 
     def start(self) -> LocalPostgres:
         self.root.mkdir(parents=True, exist_ok=True)
-        user = _service_user()
+        user = service_user()
         if user:
             subprocess.run(["chown", "-R", user, str(self.root)], check=True)
             os.chmod(self.root, 0o755)
@@ -248,7 +248,7 @@ class LocalPostgres:
     def stop(self, mode: str = "fast") -> None:
         if (self.datadir / "postmaster.pid").exists():
             self._run(
-                _service_user(),
+                service_user(),
                 "pg_ctl",
                 "-D",
                 str(self.datadir),
@@ -307,7 +307,7 @@ def check() -> int:
             row = conn.execute("show server_version").fetchone()
         print(
             f"PostgreSQL {row[0] if row else '?'} ran the stand-in, {len(migration_files())}"
-            f" migration(s) and the seed, as {_service_user() or 'the current user'}"
+            f" migration(s) and the seed, as {service_user() or 'the current user'}"
         )
     finally:
         server.stop(mode="immediate")

@@ -3,6 +3,7 @@
     tally bench [--quick] [--json out.json] [--skip-sync-engine]
                 [--database-url URL] [--history-rows N]
     tally bench --engine-only [tally.bench_engine options]
+    tally bench --instructions [--json out.json]
 
 Without --database-url a throwaway local PostgreSQL with durable commits and
 pg_stat_statements is started, migrated, measured and removed. With it, the
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -28,7 +31,7 @@ from typing import Any
 
 import psycopg
 
-from tally.bench import cost, db, spend, targets, webhooks
+from tally.bench import cost, db, instructions, spend, targets, webhooks
 from tally.bench.context import Context, Sizes
 from tally.bench.machine import describe, summary_line
 from tally.bench.renewals import Subscribers
@@ -62,6 +65,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--engine-only",
         action="store_true",
         help="run only the older SQL-level benchmark (tally/bench_engine.py; its options follow)",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="only count the instructions PostgreSQL executes per renewal and per spend"
+        " (valgrind; repeatable where timings are not)",
     )
     parser.add_argument("--senders", type=int, default=16)
     parser.add_argument("--hot-senders", type=int, default=32)
@@ -215,7 +224,22 @@ def sync_engine_skip_reason(args: argparse.Namespace) -> str | None:
     return None
 
 
+def run_instructions(args: argparse.Namespace) -> int:
+    print("instructions PostgreSQL executes per call (tally/bench/instructions.py):")
+    try:
+        counts = instructions.measure()
+    except instructions.Unmeasurable as problem:
+        print(f"bench --instructions: {problem}", file=sys.stderr)
+        return 1
+    print("\n".join(counts.lines()))
+    if args.json:
+        args.json.write_text(json.dumps(dataclasses.asdict(counts), indent=2) + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.instructions:
+        return run_instructions(args)
     skip_reason = sync_engine_skip_reason(args)
     if skip_reason:
         print(f"stripe-sync-engine figure skipped: {skip_reason}")
