@@ -8,14 +8,21 @@
 -- newest holds shrink to fit (tally.fit_holds). And credit_balances, the
 -- view every client reads, with its held and available credits.
 
+-- Domains, not table CHECKs, as for accounts (20261129090200): their checks
+-- stay compiled instead of being read back for every statement.
+create domain tally.positive_credits as integer check (value > 0);
+
+create domain tally.hold_status as text
+  check (value in ('held', 'committed', 'released', 'expired'));
+
 create table tally.holds (
   user_id uuid not null references tally.accounts (user_id),
   idempotency_key text not null,
   -- Credits set aside now: what was asked, less what a shrink took.
-  amount integer not null check (amount >= 0),
-  requested integer not null check (requested > 0),
+  amount tally.credit_count not null,
+  requested tally.positive_credits not null,
   expires_at timestamptz not null,
-  status text not null check (status in ('held', 'committed', 'released', 'expired')),
+  status tally.hold_status not null,
   reason text,
   reserve_result jsonb,
   finish_result jsonb,

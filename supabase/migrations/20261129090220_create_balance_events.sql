@@ -6,10 +6,13 @@
 -- delivers them (signed the Standard Webhooks way) at least once, claiming
 -- a batch with `for update skip locked` so that one machine sends each.
 
+create domain tally.balance_event_type as text
+  check (value in ('credits.low', 'credits.depleted', 'credits.granted'));
+
 create table tally.balance_events (
   id bigint generated always as identity primary key,
   user_id uuid not null,
-  type text not null check (type in ('credits.low', 'credits.depleted', 'credits.granted')),
+  type tally.balance_event_type not null,
   -- The JSON body delivered: {"type", "timestamp", "data": {...}}.
   payload jsonb not null,
   created_at timestamptz not null default now(),

@@ -7,6 +7,18 @@
 -- Every table carries user_id where a user is known, so all contention
 -- stays per user.
 
+-- Domains, not table CHECKs, as for accounts (20261129090200): their checks
+-- stay compiled instead of being read back for every statement that writes
+-- these tables (two per event for stripe_events).
+create domain tally.event_outcome as text
+  check (value in ('processing', 'applied', 'parked', 'rejected'));
+
+create domain tally.observation_source as text check (value in ('subscription', 'invoice'));
+
+create domain tally.invoice_kind as text check (value in ('period', 'proration'));
+
+create domain tally.money_amount as bigint check (value >= 0);
+
 create table tally.stripe_events (
   event_id text primary key,
   type text not null,
@@ -21,7 +33,7 @@ create table tally.stripe_events (
   waiting_on text,
   is_ready boolean not null default false,
   user_id uuid,
-  outcome text not null check (outcome in ('processing', 'applied', 'parked', 'rejected')),
+  outcome tally.event_outcome not null,
   reason text,
   -- The typed reading, kept while it may be applied again (parked or
   -- rejected); the raw payload is the record of what Stripe sent.
@@ -91,7 +103,7 @@ create table tally.subscription_observations (
   subscription_id text not null,
   stripe_event_id text not null,
   user_id uuid not null,
-  source text not null check (source in ('subscription', 'invoice')),
+  source tally.observation_source not null,
   observed_at timestamptz not null,
   customer_id text,
   -- Subscription events: the state they announce and the state they left
@@ -146,15 +158,15 @@ create table tally.invoices (
   invoice_id text not null,
   user_id uuid not null,
   subscription_id text not null,
-  kind text not null check (kind in ('period', 'proration')),
+  kind tally.invoice_kind not null,
   invoice_created_at timestamptz not null,
-  amount_paid bigint not null check (amount_paid >= 0),
+  amount_paid tally.money_amount not null,
   currency text,
   -- Proration invoices: [{price_id, is_credit, period_start, period_end}] of
   -- the catalog plans' proration lines.
   proration_lines jsonb,
   period_start timestamptz,
-  granted integer check (granted >= 0),
+  granted tally.credit_count,
   stripe_event_id text not null,
   recorded_at timestamptz not null default now(),
   primary key (invoice_id, kind)

@@ -9,7 +9,7 @@
 create table tally.spends (
   user_id uuid not null,
   idempotency_key text not null,
-  amount integer not null check (amount > 0),
+  amount tally.positive_credits not null,
   from_plan integer,
   from_addon integer,
   -- The plan period the plan part came from: a reversal gives plan credits
