@@ -209,14 +209,13 @@ begin
   perform tally.require_key(v_key);
   perform tally.require_user(v_user_id);
 
-  -- Claim the key first: a concurrent call with the same key waits here and
-  -- then returns this call's result.
-  insert into tally.spends (user_id, idempotency_key, amount, reason)
-  values (v_user_id, v_key, v_amount, spend_credits.reason)
-  on conflict do nothing;
-  if not found then
-    select * into v_first from tally.spends s
-     where s.user_id = v_user_id and s.idempotency_key = v_key;
+  -- The account lock first: a concurrent call with the same key waits here,
+  -- then finds this call's spend (committed) and returns its result. The
+  -- spend is written once, whole, at the end.
+  v_account := tally.lock_existing_account(v_user_id);
+  select * into v_first from tally.spends s
+   where s.user_id = v_user_id and s.idempotency_key = v_key;
+  if found then
     if v_first.amount <> v_amount then
       raise exception using errcode = '23505',
         message = format('idempotency key %s was already used for another spend', v_key);
@@ -224,7 +223,6 @@ begin
     return v_first.result || jsonb_build_object('replayed', true);
   end if;
 
-  v_account := tally.lock_existing_account(v_user_id);
   -- A spend leaves holds as they are (it draws only on what they leave
   -- available), so what is held before is what is held after.
   v_held := tally.held_credits(v_user_id);
@@ -239,13 +237,11 @@ begin
   v_result := tally.balance_after(v_entry, v_held) || jsonb_build_object(
     'idempotency_key', v_key, 'amount', v_amount, 'ledger_entry_id', v_entry.id,
     'from_plan', -v_entry.plan_delta, 'from_addon', -v_entry.addon_delta, 'replayed', false);
-  update tally.spends s
-     set from_plan = -v_entry.plan_delta,
-         from_addon = -v_entry.addon_delta,
-         period_subscription_id = v_account.period_subscription_id,
-         period_start = v_account.period_start,
-         result = v_result
-   where s.user_id = v_user_id and s.idempotency_key = v_key;
+  insert into tally.spends (user_id, idempotency_key, amount, reason, from_plan, from_addon,
+                            period_subscription_id, period_start, result)
+  values (v_user_id, v_key, v_amount, spend_credits.reason, -v_entry.plan_delta,
+          -v_entry.addon_delta, v_account.period_subscription_id, v_account.period_start,
+          v_result);
   return v_result;
 end;
 $$;
