@@ -30,13 +30,17 @@ def main() -> int:
         return 2
     for warning in config.warnings:
         logger().warning(warning)
+    loop = new_event_loop()
     logger().info(
         "sidecar starting",
-        extra={"port": config.port, "env": config.env, "transport": config.transport},
+        extra={
+            "port": config.port,
+            "env": config.env,
+            "transport": config.transport,
+            "event_loop": type(loop).__module__.split(".")[0],
+        },
     )
-    web.run_app(
-        create_app(config), host=config.host, port=config.port, print=None, loop=new_event_loop()
-    )
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None, loop=loop)
     return 0
 
 
