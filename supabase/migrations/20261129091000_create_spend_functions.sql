@@ -144,20 +144,34 @@ $$;
 revoke all on function tally.draw_credits(tally.accounts, integer, text, tally.entry_cause)
   from public, anon, authenticated;
 
--- The balance parts a call returns, from the entry it posted and what is
--- held: the same figures as public.credit_balances, without reading it again.
-create function tally.balance_after(p_entry tally.ledger_entries, p_held integer)
+-- The balance parts a call returns, from what the call knows (the balance
+-- it left and what is held): the same figures as public.credit_balances,
+-- without reading it again.
+create function tally.balance_parts(p_user_id uuid, p_plan integer, p_addon integer,
+                                    p_held integer)
 returns jsonb
 language sql
 stable  -- as jsonb_build_object is: an immutable body would not be inlined
 as $$
   select jsonb_build_object(
-    'user_id', p_entry.user_id,
-    'plan_credits', p_entry.plan_after,
-    'addon_credits', p_entry.addon_after,
-    'total_credits', p_entry.plan_after + p_entry.addon_after,
-    'held_credits', least(p_held, p_entry.plan_after + p_entry.addon_after),
-    'available_credits', tally.available_of(p_entry.plan_after + p_entry.addon_after, p_held));
+    'user_id', p_user_id,
+    'plan_credits', p_plan,
+    'addon_credits', p_addon,
+    'total_credits', p_plan + p_addon,
+    'held_credits', least(p_held, p_plan + p_addon),
+    'available_credits', tally.available_of(p_plan + p_addon, p_held));
+$$;
+
+revoke all on function tally.balance_parts(uuid, integer, integer, integer)
+  from public, anon, authenticated;
+
+-- The same after an entry was posted.
+create function tally.balance_after(p_entry tally.ledger_entries, p_held integer)
+returns jsonb
+language sql
+stable
+as $$
+  select tally.balance_parts(p_entry.user_id, p_entry.plan_after, p_entry.addon_after, p_held);
 $$;
 
 revoke all on function tally.balance_after(tally.ledger_entries, integer)

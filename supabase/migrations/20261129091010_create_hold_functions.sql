@@ -53,8 +53,10 @@ declare
   v_key text := reserve_credits.idempotency_key;
   v_first tally.holds;
   v_account tally.accounts;
+  v_held integer;
   v_available integer;
-  v_hold tally.holds;
+  v_expires_at timestamptz;
+  v_result jsonb;
 begin
   if v_amount is null or v_amount <= 0 then
     raise exception using errcode = '22023',
@@ -64,6 +66,7 @@ begin
     raise exception using errcode = '22023',
       message = 'ttl_seconds must be between 1 and 604800 (a week)';
   end if;
+  v_expires_at := now() + make_interval(secs => ttl_seconds);
   perform tally.require_key(v_key);
   v_account := tally.lock_existing_account(v_user_id);
 
@@ -76,20 +79,24 @@ begin
     end if;
     return v_first.reserve_result || jsonb_build_object('replayed', true);
   end if;
-  v_available := tally.available_credits(v_account);
+  v_held := tally.held_credits(v_user_id);
+  v_available := tally.available_of(v_account.plan_credits + v_account.addon_credits, v_held);
   if v_available < v_amount then
     perform tally.raise_insufficient(v_account, v_amount, v_available);
   end if;
+  -- The hold is written once, with its result: under the account lock, what
+  -- is held after it is what was held plus it (it fits: it was available).
+  v_result := tally.balance_parts(v_user_id, v_account.plan_credits, v_account.addon_credits,
+                                  v_held + v_amount)
+              || jsonb_build_object('idempotency_key', v_key, 'status', 'held',
+                                    'held', v_amount, 'expires_at', v_expires_at,
+                                    'replayed', false);
   insert into tally.holds (user_id, idempotency_key, amount, requested, expires_at, status,
-                           reason)
-  values (v_user_id, v_key, v_amount, v_amount,
-          now() + make_interval(secs => ttl_seconds), 'held', reserve_credits.reason)
-  returning * into v_hold;
+                           reason, reserve_result)
+  values (v_user_id, v_key, v_amount, v_amount, v_expires_at, 'held', reserve_credits.reason,
+          v_result);
   perform tally.after_hold_change(v_user_id, v_available);
-  update tally.holds h set reserve_result = tally.hold_result(v_hold, 'held')
-   where h.user_id = v_user_id and h.idempotency_key = v_key
-  returning * into v_hold;
-  return v_hold.reserve_result;
+  return v_result;
 end;
 $$;
 
