@@ -191,3 +191,22 @@ def test_thirty_two_callers_reserving_on_one_account_never_overbook(database_url
     held = 30 * (len(results) - len(errors))
     assert held == 480  # 16 of 30 fit in 500
     assert parts(engine, user) == (500, 0, 480, 20)
+
+
+BALANCE_PARTS = (
+    "user_id", "plan_credits", "addon_credits", "total_credits", "held_credits",
+    "available_credits",
+)  # fmt: skip
+
+
+def test_spend_and_reserve_answer_the_balance_parts_credit_balances_shows(engine, user, key):
+    """They build their answer from what they know; it must be what clients read."""
+    engine.reserve(user, 50, f"{key}-expired", ttl_seconds=1)
+    time.sleep(1.2)  # an expired hold, still marked held, counts for nothing
+    engine.reserve(user, 120, f"{key}-live")
+    for call in (lambda: engine.spend(user, 30), lambda: engine.reserve(user, 200, f"{key}-new")):
+        result, shown = call(), engine.balance(user)
+        assert {k: str(result[k]) for k in BALANCE_PARTS} == {
+            k: str(shown[k]) for k in BALANCE_PARTS
+        }
+    assert parts(engine, user) == (470, 0, 320, 150)

@@ -21,3 +21,9 @@ def test_integers_beyond_64_bits_fall_back_and_keep_every_digit():
 
 def test_the_result_is_text_postgres_can_take_as_a_parameter():
     assert isinstance(wire.dumps({"a": 1}), str)
+
+
+def test_a_number_beyond_a_double_is_written_null_where_json_would_write_infinity():
+    """`json.loads('1e400')` is inf; PostgreSQL refuses `Infinity`, and would answer 503 forever."""
+    event = json.loads('{"id": "evt_1", "amount": 1e400}')
+    assert json.loads(wire.dumps(event)) == {"id": "evt_1", "amount": None}
