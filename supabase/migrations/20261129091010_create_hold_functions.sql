@@ -5,17 +5,32 @@
 -- a hold once; a hold past its ttl no longer counts and cannot be
 -- committed (PT410). Holds live in tally.holds (20261129090210).
 
+-- What a hold call says of the hold itself, beside the balance parts.
+create function tally.hold_details(p_key text, p_status text, p_held integer,
+                                   p_expires_at timestamptz)
+returns jsonb
+language sql
+stable  -- as jsonb_build_object is: an immutable body would not be inlined
+as $$
+  select jsonb_build_object(
+    'idempotency_key', p_key,
+    'status', p_status,
+    'held', case when p_status = 'held' then p_held else 0 end,
+    'expires_at', p_expires_at,
+    'replayed', false);
+$$;
+
+revoke all on function tally.hold_details(text, text, integer, timestamptz)
+  from public, anon, authenticated;
+
 -- The result of a hold call: the hold and the balance parts after it.
 create function tally.hold_result(p_hold tally.holds, p_status text) returns jsonb
 language sql
 stable
 as $$
-  select tally.balance_result(p_hold.user_id) || jsonb_build_object(
-    'idempotency_key', p_hold.idempotency_key,
-    'status', p_status,
-    'held', case when p_status = 'held' then p_hold.amount else 0 end,
-    'expires_at', p_hold.expires_at,
-    'replayed', false);
+  select tally.balance_result(p_hold.user_id)
+         || tally.hold_details(p_hold.idempotency_key, p_status, p_hold.amount,
+                               p_hold.expires_at);
 $$;
 
 revoke all on function tally.hold_result(tally.holds, text) from public, anon, authenticated;
@@ -88,9 +103,7 @@ begin
   -- is held after it is what was held plus it (it fits: it was available).
   v_result := tally.balance_parts(v_user_id, v_account.plan_credits, v_account.addon_credits,
                                   v_held + v_amount)
-              || jsonb_build_object('idempotency_key', v_key, 'status', 'held',
-                                    'held', v_amount, 'expires_at', v_expires_at,
-                                    'replayed', false);
+              || tally.hold_details(v_key, 'held', v_amount, v_expires_at);
   insert into tally.holds (user_id, idempotency_key, amount, requested, expires_at, status,
                            reason, reserve_result)
   values (v_user_id, v_key, v_amount, v_amount, v_expires_at, 'held', reserve_credits.reason,
