@@ -21,6 +21,7 @@ import asyncpg
 from aiohttp import web
 
 from sidecar import signature
+from sidecar.db.postgres import keep_session
 from tally.bench.floor import FLOOR_SQL
 
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -65,7 +66,9 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
         os.environ["DATABASE_URL"],
         min_size=0,
         max_size=size,
-        server_settings={"role": "service_role"},  # as the sidecar's pool does
+        # As the sidecar's pool: its role, and no reset query per call.
+        server_settings={"role": "service_role"},
+        reset=keep_session,
     )
     yield
     await app[POOL].close()

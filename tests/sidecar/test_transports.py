@@ -291,6 +291,38 @@ async def test_direct_transport_acting_as_service_role_keeps_grants(database_url
         await database.close()
 
 
+async def test_a_direct_call_is_one_query_and_leaves_the_connection_as_it_found_it(
+    database_url, db, make_user
+):
+    # The pool gives connections back without asyncpg's reset query (sidecar/db/postgres.py):
+    # the last query the backend ran is the call itself, and the session keeps its role and
+    # settings, with no transaction left open, after a call that succeeded and one refused.
+    database = await PostgresDatabase.open(database_url, timeout=3, max_size=1, role="service_role")
+    try:
+        await database.get_billing_profile(str(make_user()))
+        with pytest.raises(DatabaseError):
+            await database.link_stripe_customer(str(uuid.uuid4()), "cus_123")
+        profile = await database.get_billing_profile(str(make_user()))
+        assert profile["user_exists"] is True
+        (backend,) = db.execute(
+            "select query, state, backend_xid from pg_stat_activity"
+            " where datname = current_database() and pid <> pg_backend_pid()"
+            "   and backend_type = 'client backend'"
+        ).fetchall()
+        assert backend["query"].startswith("select public.get_billing_profile(")
+        assert (backend["state"], backend["backend_xid"]) == ("idle", None)
+        async with database.pool.acquire() as conn:
+            session = await conn.fetchrow(
+                "select current_user as role, current_setting('lock_timeout') as lock_timeout,"
+                "       pg_catalog.current_setting('search_path') as search_path"
+            )
+        assert session["role"] == "service_role"
+        assert session["lock_timeout"] == "0"
+        assert "tally" not in session["search_path"]
+    finally:
+        await database.close()
+
+
 async def test_unhandled_types_need_no_database(make_sidecar, unused_tcp_port):
     client = await make_sidecar(database_url=f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/x")
     status, answer = await deliver(client, world().unhandled("invoice.created"))
