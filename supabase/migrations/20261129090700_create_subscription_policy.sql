@@ -568,14 +568,19 @@ declare
   v_target integer := greatest(0, p_allowance - p_refunded - p_disputed - p_account.plan_spent);
   v_taken_back integer := (p_refunded + p_disputed)
                           - (p_account.plan_refunded + p_account.plan_disputed);
-  v_account tally.accounts;
+  v_account tally.accounts := p_account;
+  v_entry tally.ledger_entries;
 begin
-  update tally.accounts
-     set plan_allowance = p_allowance, plan_refunded = p_refunded, plan_disputed = p_disputed
-   where user_id = p_account.user_id
-  returning * into v_account;
+  if (p_allowance, p_refunded, p_disputed)
+     is distinct from (p_account.plan_allowance, p_account.plan_refunded,
+                       p_account.plan_disputed) then
+    update tally.accounts
+       set plan_allowance = p_allowance, plan_refunded = p_refunded, plan_disputed = p_disputed
+     where user_id = p_account.user_id
+    returning * into v_account;
+  end if;
   if v_target <> p_account.plan_credits or p_always or v_taken_back > 0 then
-    perform tally.post_entry(
+    v_entry := tally.post_entry(
       p_account.user_id, p_kind, v_target - p_account.plan_credits, 0,
       tally.cause(p_description, p_context.stripe_event_id, p_context.stripe_object_id,
                   p_business_key => format('%s:%s:%s', p_kind, v_account.period_subscription_id,
@@ -584,7 +589,11 @@ begin
       p_shortfall => case when v_taken_back > 0
                           then greatest(0, v_taken_back - greatest(0, p_account.plan_credits - v_target))
                           else 0 end);
-    select * into v_account from tally.accounts where user_id = p_account.user_id;
+    -- What post_entry's update wrote (nothing else writes the locked row),
+    -- instead of reading the row back.
+    v_account.plan_credits := v_entry.plan_after;
+    v_account.addon_credits := v_entry.addon_after;
+    v_account.updated_at := now();
   end if;
   return v_account;
 end;
@@ -607,10 +616,13 @@ declare
   v_allowance integer := coalesce(p_allowance, 0);
   v_account tally.accounts;
 begin
+  -- The allowance too, so post_plan_change below has no row to write
+  -- before its entry.
   update tally.accounts
      set period_subscription_id = p_period.subscription_id,
          period_start = p_period.period_start,
          period_end = p_period.period_end,
+         plan_allowance = v_allowance,
          plan_refunded = 0,
          plan_disputed = 0,
          plan_spent = p_plan_spent
@@ -681,8 +693,8 @@ begin
       format('Allowance of this period now %s credits (%s)', v_allowance,
              coalesce(p_context.why, 'plan changed')));
   end if;
-  select * into v_clawbacks
-    from tally.period_clawbacks(v_period.subscription_id, v_period.period_start);
+  -- Assigned, not selected from: a call in FROM starts an executor each time.
+  v_clawbacks := tally.period_clawbacks(v_period.subscription_id, v_period.period_start);
   if v_clawbacks.refunded <> v_account.plan_refunded then
     v_account := tally.post_plan_change(
       v_account, 'refund_clawback', v_allowance, v_clawbacks.refunded, v_account.plan_disputed,
@@ -935,9 +947,14 @@ begin
   if not v_is_paid then
     v_note := 'payment not completed: no credits';
   else
-    perform tally.record_invoice_payment('payment_intent:' || (v_invoice ->> 'payment_intent_id'),
-                                         v_invoice_id);
-    perform tally.record_invoice_payment('charge:' || (v_invoice ->> 'charge_id'), v_invoice_id);
+    -- Only for the ids it has (basil invoices name neither).
+    if v_invoice ->> 'payment_intent_id' is not null then
+      perform tally.record_invoice_payment('payment_intent:' || (v_invoice ->> 'payment_intent_id'),
+                                           v_invoice_id);
+    end if;
+    if v_invoice ->> 'charge_id' is not null then
+      perform tally.record_invoice_payment('charge:' || (v_invoice ->> 'charge_id'), v_invoice_id);
+    end if;
     if v_lines.plan_line is not null then
       if not tally.record_paid_period(p_event, p_user_id, v_lines.plan_line, v_created) then
         v_note := 'period already granted';

@@ -71,8 +71,15 @@ as $$
 declare
   v_customer_id text := tally.event_customer_id(p_event);
 begin
-  if v_customer_id is not null and tally.is_product_made(p_event)
-     and tally.user_hint(p_event) = p_user_id::text then
+  if v_customer_id is null or not tally.is_product_made(p_event)
+     or tally.user_hint(p_event) is distinct from p_user_id::text then
+    return;
+  end if;
+  -- Most events are of a customer already linked: one probe, nothing to do
+  -- (its key is locked already: tally.event_lock_keys). Apart from the test
+  -- above, whose expressions must not enter a planned query: there the
+  -- planner would fold them for each event and never reuse the plan.
+  if not exists (select 1 from tally.customers c where c.customer_id = v_customer_id) then
     perform tally.link_customer(v_customer_id, p_user_id, 'event');
   end if;
 end;
@@ -140,8 +147,12 @@ begin
                                        || coalesce(tally.event_payment_intent_id(p_event),
                                                    tally.event_charge_id(p_event)))));
   end if;
-  perform tally.open_account(v_user_id);
-  perform tally.lock_account(v_user_id);
+  -- Lock the account; open it first only when it is missing (rarely: the
+  -- signup trigger opens it).
+  if (tally.lock_account(v_user_id)).user_id is null then
+    perform tally.open_account(v_user_id);
+    perform tally.lock_account(v_user_id);
+  end if;
   return query select v_user_id, tally.dispatch_event(p_event, v_user_id);
   perform tally.link_event_customer(p_event, v_user_id);
 end;
