@@ -12,7 +12,7 @@ from sidecar.auth import JwksCache, TokenVerifier
 from sidecar.config import Config
 from sidecar.context import CONFIG, DATABASE, HTTP, METRICS, STRIPE, TOKENS
 from sidecar.db import Database, DatabaseUnavailable
-from sidecar.db.postgres import PostgresDatabase
+from sidecar.db.postgres import GroupCommitSettings, PostgresDatabase
 from sidecar.db.postgrest import PostgrestDatabase
 from sidecar.observability import Metrics, logger
 from sidecar.responses import error, ok
@@ -54,12 +54,12 @@ async def http_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def database(app: web.Application) -> AsyncIterator[None]:
-    app[DATABASE] = await open_database(app[CONFIG])
+    app[DATABASE] = await open_database(app[CONFIG], app[METRICS])
     yield
     await app[DATABASE].close()
 
 
-async def open_database(config: Config) -> Database:
+async def open_database(config: Config, metrics: Metrics) -> Database:
     if config.transport == "postgrest":
         assert config.supabase_url and config.supabase_service_role_key  # checked by Config
         return PostgrestDatabase.open(
@@ -71,6 +71,13 @@ async def open_database(config: Config) -> Database:
         timeout=config.db_timeout,
         max_size=config.db_pool_size,
         role=config.database_role,
+        group_commit=GroupCommitSettings(
+            workers=config.apply_workers,
+            max_batch=config.apply_batch_max,
+            on_batch=metrics.apply_batch_events.observe,
+        )
+        if config.apply_batch_max > 1
+        else None,
     )
 
 

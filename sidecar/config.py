@@ -29,6 +29,10 @@ DEFAULT_REPLAY_INTERVAL = 600
 DEFAULT_APP_WEBHOOK_TIMEOUT = 10.0
 DEFAULT_BILLING_RATE_LIMIT = 10
 DEFAULT_BILLING_RATE_WINDOW = 60
+# About the database machine's cores: more connections applying webhooks at once
+# only make them wait on each other there (docs/benchmarks.md measured it).
+DEFAULT_APPLY_WORKERS = 2
+DEFAULT_APPLY_BATCH_MAX = 8
 LOCAL_HOSTNAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 # Values of .env.example that must never reach production.
 PLACEHOLDER_MARKERS = ("replace_me", "your-project-ref")
@@ -77,6 +81,10 @@ class Config:
     db_timeout: float = DEFAULT_DB_TIMEOUT
     stripe_timeout: float = DEFAULT_STRIPE_TIMEOUT
     db_pool_size: int = 10
+    # Group commit of webhooks (direct transport; sidecar/db/group_commit.py): this many
+    # connections apply them, up to this many events per transaction (1: each alone).
+    apply_workers: int = DEFAULT_APPLY_WORKERS
+    apply_batch_max: int = DEFAULT_APPLY_BATCH_MAX
     # A body not fully arrived within this many seconds is answered 408.
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     # /metrics: with a bearer token on the main port, or alone on its own port.
@@ -184,6 +192,8 @@ class _Reader:
                 "STRIPE_TIMEOUT", DEFAULT_STRIPE_TIMEOUT, float, 0.1, 120
             ),
             "db_pool_size": self.number("DB_POOL_SIZE", 10, int, 1, 200),
+            "apply_workers": self.number("APPLY_WORKERS", DEFAULT_APPLY_WORKERS, int, 1, 200),
+            "apply_batch_max": self.number("APPLY_BATCH_MAX", DEFAULT_APPLY_BATCH_MAX, int, 1, 100),
             "stripe_api_base": self.stripe_api_base(env),
             "body_timeout": self.number("BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT, float, 0.1, 120),
             "billing_rate_limit": self.number(
@@ -201,6 +211,8 @@ class _Reader:
             **self.metrics(env),
             **self.app_webhook(env),
         }
+        if values["apply_workers"] > values["db_pool_size"]:
+            self.problems.append("APPLY_WORKERS must not exceed DB_POOL_SIZE")
         if env == "production":
             self.production_checks(values)
         if self.problems:

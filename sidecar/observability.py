@@ -71,6 +71,12 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self.apply_batch_events = Histogram(
+            "tally_apply_batch_events",
+            "Webhooks applied together in one transaction (group commit)",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 100),
+        )
         self.responses = Counter(
             "tally_http_responses",
             "HTTP responses by route and status",

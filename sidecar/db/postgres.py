@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -31,6 +33,7 @@ from sidecar.db import (
     plan_of,
     rate_limit_of,
 )
+from sidecar.db.group_commit import GroupCommit
 
 # Failures of the connection itself, as opposed to errors the server reported.
 CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
@@ -48,6 +51,15 @@ select coalesce(json_agg(json_build_object(
 """
 
 
+@dataclass(frozen=True)
+class GroupCommitSettings:
+    """Webhooks applied together under load (group_commit.py); None: each alone."""
+
+    workers: int
+    max_batch: int
+    on_batch: Callable[[int], None] | None = None
+
+
 async def keep_session(connection: asyncpg.Connection) -> None:
     """What the pool runs on a connection given back: nothing beyond asyncpg's own step.
 
@@ -62,14 +74,32 @@ async def keep_session(connection: asyncpg.Connection) -> None:
 
 
 class PostgresDatabase:
-    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, timeout: float, group_commit: GroupCommitSettings | None = None
+    ) -> None:
         self.pool = pool
         self.timeout = timeout
         self._calls: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._group = (
+            GroupCommit(
+                self._apply_many,
+                workers=group_commit.workers,
+                max_batch=group_commit.max_batch,
+                on_batch=group_commit.on_batch,
+            )
+            if group_commit is not None
+            else None
+        )
 
     @classmethod
     async def open(
-        cls, dsn: str, *, timeout: float, max_size: int = 10, role: str | None = None
+        cls,
+        dsn: str,
+        *,
+        timeout: float,
+        max_size: int = 10,
+        role: str | None = None,
+        group_commit: GroupCommitSettings | None = None,
     ) -> PostgresDatabase:
         pool = await asyncpg.create_pool(
             dsn,
@@ -81,7 +111,7 @@ class PostgresDatabase:
             server_settings={"role": role} if role else None,
             reset=keep_session,
         )
-        return cls(pool, timeout)
+        return cls(pool, timeout, group_commit)
 
     async def _fetchval(self, sql: str, *args: Any) -> Any:
         try:
@@ -96,10 +126,22 @@ class PostgresDatabase:
             raise DatabaseUnavailable(f"database not reachable ({type(error).__name__})") from error
 
     async def apply_stripe_event(self, event: JSON) -> JSON:
+        if self._group is not None:
+            return await self._group.apply(event)
         result = await self._fetchval(
             "select public.apply_stripe_event($1::text::jsonb)::text", wire.dumps(event)
         )
         return _json_object(result)
+
+    async def _apply_many(self, events: list[JSON]) -> list[Any]:
+        """Several events in one transaction, each alone (group_commit.py): their results."""
+        result = await self._fetchval(
+            "select public.apply_stripe_events($1::text::jsonb)::text", wire.dumps(events)
+        )
+        value = json.loads(result) if result is not None else None
+        if not isinstance(value, list):
+            raise DatabaseError(None, "apply_stripe_events returned no JSON array")
+        return value
 
     async def link_stripe_customer(self, user_id: str, customer_id: str) -> None:
         await self._fetchval(
@@ -212,6 +254,8 @@ class PostgresDatabase:
         raise DatabaseError("42883", f"no function public.{function}({', '.join(names)})")
 
     async def close(self) -> None:
+        if self._group is not None:
+            await self._group.close()
         await self.pool.close()
 
 

@@ -785,14 +785,14 @@ revoke all on function tally.review_second_subscription(uuid, text, text)
 -- The lines of an invoice that belong to its subscription, read once:
 -- the prices of its catalog plan lines (not prorations), the newest of
 -- those lines, its catalog proration lines, and a price no plan has.
-create function tally.invoice_lines(p_invoice jsonb,
-                                    out plan_prices text[], out plan_line jsonb,
-                                    out proration_lines jsonb, out unknown_price text,
-                                    out line_count integer)
-language plpgsql
+-- One row; a SQL function returning a table, so the planner inlines it
+-- into the caller's query (no call of its own per invoice).
+create function tally.invoice_lines(p_invoice jsonb)
+returns table (plan_prices text[], plan_line jsonb, proration_lines jsonb,
+               unknown_price text, line_count integer)
+language sql
 stable
 as $$
-begin
   select array_agg(distinct l.price_id) filter (where l.is_plan and not l.is_proration),
          (array_agg(l.line order by l.period_start desc nulls last)
             filter (where l.is_plan and not l.is_proration))[1],
@@ -803,7 +803,6 @@ begin
            filter (where l.is_plan and l.is_proration),
          min(l.price_id) filter (where not l.is_plan),
          count(*)::integer
-    into plan_prices, plan_line, proration_lines, unknown_price, line_count
     from (select line, line ->> 'price_id' as price_id,
                  coalesce((line ->> 'is_proration')::boolean, false) as is_proration,
                  (line ->> 'period_start')::bigint as period_start,
@@ -812,7 +811,6 @@ begin
             from jsonb_array_elements(coalesce(p_invoice -> 'lines', '[]'::jsonb)) as line
            where coalesce(line ->> 'subscription_id', p_invoice ->> 'subscription_id')
                  = p_invoice ->> 'subscription_id') as l;
-end;
 $$;
 
 revoke all on function tally.invoice_lines(jsonb) from public, anon, authenticated;

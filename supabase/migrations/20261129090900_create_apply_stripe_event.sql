@@ -306,6 +306,50 @@ comment on function public.apply_stripe_event(jsonb) is
 revoke all on function public.apply_stripe_event(jsonb) from public, anon, authenticated;
 grant execute on function public.apply_stripe_event(jsonb) to service_role;
 
+-- Group commit: several typed events in one transaction, each in a
+-- subtransaction of its own, so a failure of one (an error, a lock wait
+-- over lock_timeout, a deadlock) undoes that one only and the others
+-- commit together, with one commit (and one round trip) for all. The
+-- sidecar gathers the webhooks that arrive while its connections are busy
+-- (sidecar/db/group_commit.py) and answers each sender from its own
+-- result: what apply_stripe_event returns, or {"status": "error",
+-- "sqlstate", "message"} for an event it refused, in the given order.
+create function public.apply_stripe_events(events jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+set lock_timeout = '5s'
+as $$
+declare
+  v_event jsonb;
+  v_result jsonb;
+  v_results jsonb := '[]'::jsonb;
+begin
+  if jsonb_typeof(events) is distinct from 'array'
+     or jsonb_array_length(events) not between 1 and 100 then
+    raise exception using errcode = '22023',
+      message = 'events must be an array of 1 to 100 typed events';
+  end if;
+  for v_event in select e from jsonb_array_elements(events) as e loop
+    begin
+      v_result := public.apply_stripe_event(v_event);
+    exception
+      when others then
+        v_result := jsonb_build_object('status', 'error', 'event_id', v_event ->> 'id',
+                                       'sqlstate', sqlstate, 'message', sqlerrm);
+    end;
+    v_results := v_results || jsonb_build_array(v_result);
+  end loop;
+  return v_results;
+end;
+$$;
+
+comment on function public.apply_stripe_events(jsonb) is
+  'Apply typed Stripe events in one transaction, each alone: one result per event, in order.';
+
+revoke all on function public.apply_stripe_events(jsonb) from public, anon, authenticated;
+grant execute on function public.apply_stripe_events(jsonb) to service_role;
+
 -- Re-apply a rejected event with a new reading of it: after a fix of the
 -- sidecar's normaliser, `tally ops retry` reads the stored raw payload again
 -- and hands the new typed event here (same id, same raw payload).

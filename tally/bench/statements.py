@@ -1,4 +1,8 @@
-"""pg_stat_statements, read for one statement: the apply call the sidecar sends."""
+"""pg_stat_statements, read for the apply calls the sidecar sends.
+
+One event alone is `APPLY_SQL`; webhooks the sidecar applies together (group
+commit, sidecar/db/group_commit.py) are one `APPLY_MANY_SQL` per batch.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ import asyncpg
 import psycopg
 
 from tally.bench.db import APPLY_SQL
+
+# What sidecar/db/postgres.py sends for a batch of events.
+APPLY_MANY_SQL = "select public.apply_stripe_events($1::text::jsonb)::text"
 
 
 @dataclass(frozen=True)
@@ -24,18 +31,18 @@ class ApplyStatements:
         finally:
             await conn.close()
 
-    def totals(self) -> tuple[int, float]:
-        """(calls, total execution ms) of the apply statement since the last reset."""
+    def totals(self, query: str = APPLY_SQL) -> tuple[int, float]:
+        """(calls, total execution ms) of one apply statement since the last reset."""
         with psycopg.connect(self.url, autocommit=True) as conn:
             row = conn.execute(
                 "select coalesce(sum(calls), 0), coalesce(sum(total_exec_time), 0)"
                 "  from pg_stat_statements s join pg_database d on d.oid = s.dbid"
                 " where d.datname = current_database() and s.query = %s",
-                (APPLY_SQL,),
+                (query,),
             ).fetchone()
         return (int(row[0]), float(row[1])) if row else (0, 0.0)
 
-    def apply_ms(self) -> float | None:
-        """Mean execution ms per apply call since the last reset."""
-        calls, total_ms = self.totals()
-        return total_ms / calls if calls else None
+    def apply_ms_per_event(self, events: int) -> float | None:
+        """Execution ms of the apply statements, alone or in batches, per event applied."""
+        total_ms = self.totals(APPLY_SQL)[1] + self.totals(APPLY_MANY_SQL)[1]
+        return total_ms / events if events else None

@@ -101,7 +101,7 @@ def sidecar_figures(ctx: Context, subscribers: Subscribers) -> tuple[list[Figure
             title = f"tally sidecar, signed webhook to commit ({senders} {plural(senders)})"
             figure = Figure.of_run(key, title, senders, run, renewal_checks(ctx, batch))
             if ctx.server.statements:
-                figure.db_ms = statements.apply_ms()
+                figure.db_ms = statements.apply_ms_per_event(len(run.latencies))
             figures.append(figure)
     return figures, batches[-1]
 

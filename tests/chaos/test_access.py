@@ -34,6 +34,7 @@ PUBLIC_RELATIONS = {"plans", "credit_packs", "credit_balances", "credit_ledger"}
 CATALOG = {"plans", "credit_packs"}
 SERVICE_FUNCTIONS = {
     "apply_stripe_event",
+    "apply_stripe_events",
     "spend_credits",
     "reverse_spend",
     "adjust_credits",

@@ -11,6 +11,7 @@ import pytest
 
 FUNCTIONS = {
     "apply_stripe_event": (["event"], ["jsonb"], "jsonb"),
+    "apply_stripe_events": (["events"], ["jsonb"], "jsonb"),
     "spend_credits": (
         ["user_id", "amount", "idempotency_key", "reason"],
         ["uuid", "integer", "text", "text"],

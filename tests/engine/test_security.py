@@ -22,6 +22,7 @@ CATALOG = ["plans", "credit_packs"]
 # with arguments that would succeed for service_role.
 FUNCTION_CALLS = {
     "apply_stripe_event": "select public.apply_stripe_event(%(event)s::jsonb)",
+    "apply_stripe_events": "select public.apply_stripe_events(jsonb_build_array(%(event)s::jsonb))",
     "spend_credits": "select public.spend_credits(%(user)s::uuid, 1, 'k-' || %(nonce)s)",
     "reverse_spend": "select public.reverse_spend(%(user)s::uuid, %(spend_key)s)",
     "reserve_credits": "select public.reserve_credits(%(user)s::uuid, 1, 'h-' || %(nonce)s)",

@@ -1,0 +1,133 @@
+"""Group commit: webhooks that arrive while the connections are busy share one transaction.
+
+A transaction per event pays, per event, a commit, a round trip and the
+start and end of a transaction: on a small database machine that is as much
+work as the event itself. Here ``workers`` tasks (about the database's
+cores; each holds one connection while it applies) each take the events
+waiting, up to ``max_batch``, and apply them with one call of
+``public.apply_stripe_events``, which gives every event a subtransaction of
+its own: one event's failure (an error, a lock wait over its timeout, a
+deadlock) undoes that event only, and every caller gets its own result or
+error. An event that finds a worker idle is applied alone at once: batches
+only form under load, and nothing waits for a batch to fill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sidecar.db import JSON, DatabaseError, DatabaseUnavailable, is_retryable
+
+ApplyMany = Callable[[list[JSON]], Awaitable[list[Any]]]
+Waiter = tuple[JSON, "asyncio.Future[JSON]"]
+
+
+class GroupCommit:
+    def __init__(
+        self,
+        apply_many: ApplyMany,
+        *,
+        workers: int,
+        max_batch: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if workers < 1 or max_batch < 1:
+            raise ValueError("group commit needs at least one worker and one event per batch")
+        self._apply_many = apply_many
+        self._workers = workers
+        self._max_batch = max_batch
+        self._on_batch = on_batch
+        self._waiting: asyncio.Queue[Waiter] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    async def apply(self, event: JSON) -> JSON:
+        """The event's own result, once the transaction that applied it committed."""
+        if self._closed:
+            raise DatabaseUnavailable("the sidecar is shutting down")
+        if not self._tasks:  # started on first use, on the running loop
+            self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+        future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
+        self._waiting.put_nowait((event, future))
+        return await future
+
+    async def close(self) -> None:
+        """Stop the workers; events not yet sent are answered as unavailable (Stripe retries)."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._waiting.empty():
+            _, future = self._waiting.get_nowait()
+            _settle_error(future, DatabaseUnavailable("the sidecar is shutting down"))
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch:
+                await self._apply(batch)
+
+    async def _next_batch(self) -> list[Waiter]:
+        """The oldest waiting event and those behind it; none whose caller has gone."""
+        batch = [await self._waiting.get()]
+        while len(batch) < self._max_batch and not self._waiting.empty():
+            batch.append(self._waiting.get_nowait())
+        return [(event, future) for event, future in batch if not future.done()]
+
+    async def _apply(self, batch: list[Waiter]) -> None:
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        try:
+            results = await self._apply_many([event for event, _ in batch])
+        except (DatabaseUnavailable, DatabaseError) as problem:
+            if len(batch) == 1:
+                _settle_error(batch[0][1], _copy(problem))
+                return
+            # The transaction as a whole failed (it ran over the call's timeout, the
+            # connection broke): none of it committed, or all of it if only the answer
+            # was lost. Each event goes again alone, so one event's long lock wait
+            # costs the others time, never their outcome (a re-applied event that had
+            # committed answers as a duplicate).
+            for waiter in batch:
+                if not waiter[1].done():
+                    await self._apply([waiter])
+            return
+        except asyncio.CancelledError:
+            for _, future in batch:  # closing while the call ran: its outcome is unknown
+                _settle_error(future, DatabaseUnavailable("the sidecar is shutting down"))
+            raise
+        if len(results) != len(batch):
+            for _, future in batch:
+                _settle_error(future, DatabaseError(None, "apply_stripe_events answered wrongly"))
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            _settle(future, result)
+
+
+def _settle(future: asyncio.Future[JSON], result: Any) -> None:
+    """One event's result: what apply_stripe_event returned, or the error it raised."""
+    if not isinstance(result, dict):
+        _settle_error(future, DatabaseError(None, "the database function returned no JSON object"))
+    elif result.get("status") == "error":
+        sqlstate = result.get("sqlstate")
+        message = str(result.get("message", ""))
+        if is_retryable(sqlstate):
+            _settle_error(future, DatabaseUnavailable(f"database not available ({sqlstate})"))
+        else:
+            _settle_error(future, DatabaseError(sqlstate, message))
+    elif not future.done():
+        future.set_result(result)
+
+
+def _settle_error(future: asyncio.Future[JSON], problem: Exception) -> None:
+    if not future.done():
+        future.set_exception(problem)
+
+
+def _copy(problem: DatabaseUnavailable | DatabaseError) -> Exception:
+    """A fresh exception per caller: one instance raised in several tasks shares its traceback."""
+    if isinstance(problem, DatabaseError):
+        return DatabaseError(problem.sqlstate, problem.message)
+    return DatabaseUnavailable(*problem.args)
