@@ -810,7 +810,8 @@ as $$
                           where pl.stripe_price_id = line ->> 'price_id') as is_plan
             from jsonb_array_elements(coalesce(p_invoice -> 'lines', '[]'::jsonb)) as line
            where coalesce(line ->> 'subscription_id', p_invoice ->> 'subscription_id')
-                 = p_invoice ->> 'subscription_id') as l;
+                 = p_invoice ->> 'subscription_id'
+          offset 0) as l;  -- kept a subquery: each line's plan lookup runs once
 $$;
 
 revoke all on function tally.invoice_lines(jsonb) from public, anon, authenticated;
