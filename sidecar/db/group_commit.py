@@ -19,9 +19,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sidecar.db import JSON, DatabaseError, DatabaseUnavailable, is_retryable
+from sidecar.observability import logger
 
 ApplyMany = Callable[[list[JSON]], Awaitable[list[Any]]]
-Waiter = tuple[JSON, "asyncio.Future[JSON]"]
+# An event, the future its caller awaits, and when it was queued (loop time).
+Waiter = tuple[JSON, "asyncio.Future[JSON]", float]
 
 
 class GroupCommit:
@@ -31,6 +33,7 @@ class GroupCommit:
         *,
         workers: int,
         max_batch: int,
+        max_wait: float,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if workers < 1 or max_batch < 1:
@@ -38,6 +41,9 @@ class GroupCommit:
         self._apply_many = apply_many
         self._workers = workers
         self._max_batch = max_batch
+        # As long as a call may wait for a free pool connection: an event still
+        # queued after that is answered unavailable (Stripe retries it later).
+        self._max_wait = max_wait
         self._on_batch = on_batch
         self._waiting: asyncio.Queue[Waiter] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -49,8 +55,9 @@ class GroupCommit:
             raise DatabaseUnavailable("the sidecar is shutting down")
         if not self._tasks:  # started on first use, on the running loop
             self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
-        future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
-        self._waiting.put_nowait((event, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[JSON] = loop.create_future()
+        self._waiting.put_nowait((event, future, loop.time()))
         return await future
 
     async def close(self) -> None:
@@ -60,7 +67,7 @@ class GroupCommit:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         while not self._waiting.empty():
-            _, future = self._waiting.get_nowait()
+            _, future, _ = self._waiting.get_nowait()
             _settle_error(future, DatabaseUnavailable("the sidecar is shutting down"))
 
     async def _work(self) -> None:
@@ -70,20 +77,33 @@ class GroupCommit:
                 await self._apply(batch)
 
     async def _next_batch(self) -> list[Waiter]:
-        """The oldest waiting event and those behind it; none whose caller has gone."""
-        batch = [await self._waiting.get()]
-        while len(batch) < self._max_batch and not self._waiting.empty():
-            batch.append(self._waiting.get_nowait())
-        return [(event, future) for event, future in batch if not future.done()]
+        """The oldest waiting events, up to a batch; none whose caller left or waited too long."""
+        batch: list[Waiter] = []
+        while len(batch) < self._max_batch:
+            if batch and self._waiting.empty():
+                break
+            waiter = await self._waiting.get()
+            if waiter[1].done():
+                continue
+            if asyncio.get_running_loop().time() - waiter[2] > self._max_wait:
+                _settle_error(waiter[1], DatabaseUnavailable("no database connection free in time"))
+                continue
+            batch.append(waiter)
+        return batch
 
     async def _apply(self, batch: list[Waiter]) -> None:
         if self._on_batch is not None:
             self._on_batch(len(batch))
         try:
-            results = await self._apply_many([event for event, _ in batch])
-        except (DatabaseUnavailable, DatabaseError) as problem:
+            results = await self._apply_many([event for event, _, _ in batch])
+        except asyncio.CancelledError:
+            for _, future, _ in batch:  # closing while the call ran: its outcome is unknown
+                _settle_error(future, DatabaseUnavailable("the sidecar is shutting down"))
+            raise
+        except Exception as problem:  # any: the worker must outlive every failure
+            failure = _as_database_failure(problem)
             if len(batch) == 1:
-                _settle_error(batch[0][1], _copy(problem))
+                _settle_error(batch[0][1], failure)
                 return
             # The transaction as a whole failed (it ran over the call's timeout, the
             # connection broke): none of it committed, or all of it if only the answer
@@ -94,15 +114,11 @@ class GroupCommit:
                 if not waiter[1].done():
                     await self._apply([waiter])
             return
-        except asyncio.CancelledError:
-            for _, future in batch:  # closing while the call ran: its outcome is unknown
-                _settle_error(future, DatabaseUnavailable("the sidecar is shutting down"))
-            raise
         if len(results) != len(batch):
-            for _, future in batch:
+            for _, future, _ in batch:
                 _settle_error(future, DatabaseError(None, "apply_stripe_events answered wrongly"))
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future, _), result in zip(batch, results, strict=True):
             _settle(future, result)
 
 
@@ -126,8 +142,13 @@ def _settle_error(future: asyncio.Future[JSON], problem: Exception) -> None:
         future.set_exception(problem)
 
 
-def _copy(problem: DatabaseUnavailable | DatabaseError) -> Exception:
-    """A fresh exception per caller: one instance raised in several tasks shares its traceback."""
+def _as_database_failure(problem: Exception) -> Exception:
+    """What a caller is told of a failed call: a fresh exception of its own (one instance
+    raised in several tasks would share a traceback); anything unforeseen is logged and
+    told as unavailable, so the sender answers 503 and Stripe retries."""
     if isinstance(problem, DatabaseError):
         return DatabaseError(problem.sqlstate, problem.message)
-    return DatabaseUnavailable(*problem.args)
+    if isinstance(problem, DatabaseUnavailable):
+        return DatabaseUnavailable(*problem.args)
+    logger().exception("group commit: the database call failed unexpectedly")
+    return DatabaseUnavailable(f"the database call failed ({type(problem).__name__})")

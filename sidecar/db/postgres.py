@@ -85,6 +85,7 @@ class PostgresDatabase:
                 self._apply_many,
                 workers=group_commit.workers,
                 max_batch=group_commit.max_batch,
+                max_wait=timeout,
                 on_batch=group_commit.on_batch,
             )
             if group_commit is not None

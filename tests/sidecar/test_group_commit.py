@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.db import DatabaseUnavailable
+from sidecar.db.group_commit import GroupCommit
 from sidecar.db.postgres import GroupCommitSettings, PostgresDatabase
 from tests.sidecar.conftest import PACKS, SIGNUP_CREDITS, credits, deliver, stored_outcome, world
 from tests.support import typed_events as te
@@ -191,3 +192,46 @@ async def test_a_transaction_run_over_its_timeout_by_one_event_leaves_the_others
     assert [credits(db, u)[1] for u in (stuck, *users)] == [0, PACK_CREDITS, PACK_CREDITS]
     status, answer = await deliver(sidecar, stuck_event)  # Stripe's retry
     assert (status, answer["status"]) == (200, "applied")
+
+
+async def test_an_event_left_waiting_longer_than_the_database_timeout_is_not_applied():
+    # As a call waiting that long for a free pool connection: the sender answers 503
+    # and Stripe retries it later, instead of the sidecar working through stale events.
+    applied: list[str] = []
+
+    async def slow_apply_many(events: list[dict]) -> list[dict]:
+        await asyncio.sleep(0.3)
+        applied.extend(event["id"] for event in events)
+        return [{"status": "applied", "event_id": event["id"]} for event in events]
+
+    group = GroupCommit(slow_apply_many, workers=1, max_batch=8, max_wait=0.1)
+    try:
+        first = asyncio.create_task(group.apply({"id": "evt_first"}))
+        await asyncio.sleep(0.01)
+        with pytest.raises(DatabaseUnavailable):
+            await group.apply({"id": "evt_waited_too_long"})
+        assert (await first)["status"] == "applied"
+        assert applied == ["evt_first"]
+    finally:
+        await group.close()
+
+
+async def test_the_workers_outlive_a_failure_nobody_foresaw():
+    calls: list[int] = []
+
+    async def apply_many(events: list[dict]) -> list[dict]:
+        calls.append(len(events))
+        if len(calls) == 1:
+            raise RuntimeError("a failure nobody foresaw")
+        return [{"status": "applied", "event_id": event["id"]} for event in events]
+
+    group = GroupCommit(apply_many, workers=1, max_batch=8, max_wait=5)
+    try:
+        with pytest.raises(DatabaseUnavailable):  # bounded: a dead worker would never answer
+            await asyncio.wait_for(group.apply({"id": "evt_first"}), timeout=5)
+        assert await asyncio.wait_for(group.apply({"id": "evt_second"}), timeout=5) == {
+            "status": "applied",
+            "event_id": "evt_second",
+        }
+    finally:
+        await group.close()
