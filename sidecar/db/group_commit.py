@@ -118,8 +118,25 @@ class GroupCommit:
             for _, future, _ in batch:
                 _settle_error(future, DatabaseError(None, "apply_stripe_events answered wrongly"))
             return
-        for (_, future, _), result in zip(batch, results, strict=True):
-            _settle(future, result)
+        again = []
+        for waiter, result in zip(batch, results, strict=True):
+            if len(batch) > 1 and _failed_for_now(result):
+                again.append(waiter)
+            else:
+                _settle(waiter[1], result)
+        # An event that met a deadlock or a lock wait over its bound in a shared
+        # transaction may have met it because of the locks its batch held: once
+        # that transaction has committed, it goes again alone.
+        for waiter in again:
+            await self._apply([waiter])
+
+
+def _failed_for_now(result: Any) -> bool:
+    return (
+        isinstance(result, dict)
+        and result.get("status") == "error"
+        and is_retryable(result.get("sqlstate"))
+    )
 
 
 def _settle(future: asyncio.Future[JSON], result: Any) -> None:

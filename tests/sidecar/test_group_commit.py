@@ -235,3 +235,34 @@ async def test_the_workers_outlive_a_failure_nobody_foresaw():
         }
     finally:
         await group.close()
+
+
+async def test_an_event_that_met_a_deadlock_in_a_batch_goes_again_alone():
+    # Locks its batch held may have caused it: once that transaction committed, it is
+    # applied alone, and only its outcome then is the answer.
+    calls: list[list[str]] = []
+    first_in = asyncio.Event()
+
+    async def apply_many(events: list[dict]) -> list[dict]:
+        calls.append([event["id"] for event in events])
+        if len(calls) == 1:
+            first_in.set()
+            await asyncio.sleep(0.1)  # the others queue meanwhile
+            return [{"status": "applied", "event_id": events[0]["id"]}]
+        if len(events) > 1:
+            return [
+                {"status": "applied", "event_id": events[0]["id"]},
+                {"status": "error", "event_id": events[1]["id"], "sqlstate": "40P01"},
+            ]
+        return [{"status": "applied", "event_id": events[0]["id"]}]
+
+    group = GroupCommit(apply_many, workers=1, max_batch=8, max_wait=5)
+    try:
+        busy = asyncio.create_task(group.apply({"id": "evt_busy"}))
+        await first_in.wait()
+        together = [asyncio.create_task(group.apply({"id": i})) for i in ("evt_a", "evt_b")]
+        results = await asyncio.wait_for(asyncio.gather(busy, *together), timeout=5)
+        assert [r["status"] for r in results] == ["applied"] * 3
+        assert calls == [["evt_busy"], ["evt_a", "evt_b"], ["evt_b"]]
+    finally:
+        await group.close()
