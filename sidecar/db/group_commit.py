@@ -110,9 +110,7 @@ class GroupCommit:
             # was lost. Each event goes again alone, so one event's long lock wait
             # costs the others time, never their outcome (a re-applied event that had
             # committed answers as a duplicate).
-            for waiter in batch:
-                if not waiter[1].done():
-                    await self._apply([waiter])
+            await self._each_alone(batch)
             return
         if len(results) != len(batch):
             for _, future, _ in batch:
@@ -127,8 +125,17 @@ class GroupCommit:
         # An event that met a deadlock or a lock wait over its bound in a shared
         # transaction may have met it because of the locks its batch held: once
         # that transaction has committed, it goes again alone.
-        for waiter in again:
-            await self._apply([waiter])
+        await self._each_alone(again)
+
+    async def _each_alone(self, waiters: list[Waiter]) -> None:
+        for index, (_, future, _) in enumerate(waiters):
+            try:
+                if not future.done():
+                    await self._apply([waiters[index]])
+            except asyncio.CancelledError:
+                for _, waiting, _ in waiters[index:]:  # closing: not applied, or unknown
+                    _settle_error(waiting, DatabaseUnavailable("the sidecar is shutting down"))
+                raise
 
 
 def _failed_for_now(result: Any) -> bool:

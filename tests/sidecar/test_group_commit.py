@@ -266,3 +266,30 @@ async def test_an_event_that_met_a_deadlock_in_a_batch_goes_again_alone():
         assert calls == [["evt_busy"], ["evt_a", "evt_b"], ["evt_b"]]
     finally:
         await group.close()
+
+
+async def test_closing_while_events_wait_to_go_again_alone_answers_every_one():
+    started_alone = asyncio.Event()
+    first_in = asyncio.Event()
+
+    async def apply_many(events: list[dict]) -> list[dict]:
+        if events[0]["id"] == "evt_busy":
+            first_in.set()
+            await asyncio.sleep(0.1)
+            return [{"status": "applied", "event_id": "evt_busy"}]
+        if len(events) > 1:
+            return [{"status": "error", "sqlstate": "40P01"} for _ in events]
+        started_alone.set()
+        await asyncio.sleep(60)  # still running when the sidecar closes
+        return [{"status": "applied"}]
+
+    group = GroupCommit(apply_many, workers=1, max_batch=8, max_wait=5)
+    busy = asyncio.create_task(group.apply({"id": "evt_busy"}))
+    await first_in.wait()
+    again = [asyncio.create_task(group.apply({"id": i})) for i in ("evt_b", "evt_c")]
+    await asyncio.wait_for(started_alone.wait(), timeout=5)
+    await group.close()
+    assert (await busy)["status"] == "applied"
+    for task in again:
+        with pytest.raises(DatabaseUnavailable):
+            await asyncio.wait_for(task, timeout=5)
