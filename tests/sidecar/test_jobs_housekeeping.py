@@ -87,7 +87,12 @@ async def test_ready_parked_events_left_by_a_link_are_applied(start_sidecar, db,
         return bool(await value(db, parked) == 0)
 
     await eventually(none_parked, "every woken event applied")
-    assert job_count(client, "apply_ready_stripe_events", "tally_housekeeping_items_total") > 0
+
+    # The job counts once its call has returned, a moment after the commit seen above.
+    async def counted() -> bool:
+        return job_count(client, "apply_ready_stripe_events", "tally_housekeeping_items_total") > 0
+
+    await eventually(counted, "the job counted the events it applied")
     plan_key = await value(
         db, "select plan_key from public.credit_balances where user_id = %s", user
     )
