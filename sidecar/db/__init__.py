@@ -39,6 +39,13 @@ def is_retryable(sqlstate: str | None) -> bool:
     return sqlstate is not None and sqlstate.startswith(RETRYABLE_SQLSTATE_CLASSES)
 
 
+def refusal(sqlstate: str | None, message: str) -> DatabaseUnavailable | DatabaseError:
+    """What a call the database refused raises: unavailable if a later try may succeed."""
+    if is_retryable(sqlstate):
+        return DatabaseUnavailable(f"database not available ({sqlstate})")
+    return DatabaseError(sqlstate, message)
+
+
 class Database(Protocol):
     """What the sidecar needs from the credit engine (docs/engine.md) and billing."""
 

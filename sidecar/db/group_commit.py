@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sidecar.db import JSON, DatabaseError, DatabaseUnavailable, is_retryable
+from sidecar.db import JSON, DatabaseError, DatabaseUnavailable, refusal
 from sidecar.observability import logger
 
 ApplyMany = Callable[[list[JSON]], Awaitable[list[Any]]]
@@ -118,10 +118,11 @@ class GroupCommit:
             return
         again = []
         for waiter, result in zip(batch, results, strict=True):
-            if len(batch) > 1 and _failed_for_now(result):
+            outcome = _outcome(result)
+            if len(batch) > 1 and isinstance(outcome, DatabaseUnavailable):
                 again.append(waiter)
             else:
-                _settle(waiter[1], result)
+                _settle(waiter[1], outcome)
         # An event that met a deadlock or a lock wait over its bound in a shared
         # transaction may have met it because of the locks its batch held: once
         # that transaction has committed, it goes again alone.
@@ -138,27 +139,20 @@ class GroupCommit:
                 raise
 
 
-def _failed_for_now(result: Any) -> bool:
-    return (
-        isinstance(result, dict)
-        and result.get("status") == "error"
-        and is_retryable(result.get("sqlstate"))
-    )
-
-
-def _settle(future: asyncio.Future[JSON], result: Any) -> None:
+def _outcome(result: Any) -> JSON | DatabaseUnavailable | DatabaseError:
     """One event's result: what apply_stripe_event returned, or the error it raised."""
     if not isinstance(result, dict):
-        _settle_error(future, DatabaseError(None, "the database function returned no JSON object"))
-    elif result.get("status") == "error":
-        sqlstate = result.get("sqlstate")
-        message = str(result.get("message", ""))
-        if is_retryable(sqlstate):
-            _settle_error(future, DatabaseUnavailable(f"database not available ({sqlstate})"))
-        else:
-            _settle_error(future, DatabaseError(sqlstate, message))
+        return DatabaseError(None, "the database function returned no JSON object")
+    if result.get("status") == "error":
+        return refusal(result.get("sqlstate"), str(result.get("message", "")))
+    return result
+
+
+def _settle(future: asyncio.Future[JSON], outcome: JSON | Exception) -> None:
+    if isinstance(outcome, Exception):
+        _settle_error(future, outcome)
     elif not future.done():
-        future.set_result(result)
+        future.set_result(outcome)
 
 
 def _settle_error(future: asyncio.Future[JSON], problem: Exception) -> None:

@@ -29,12 +29,15 @@ from sidecar.db import (
     backlog_of,
     claimed_events_of,
     count_of,
-    is_retryable,
     plan_of,
     rate_limit_of,
+    refusal,
 )
 from sidecar.db.group_commit import GroupCommit
 
+# The apply calls as sent (tally/bench reads their pg_stat_statements counters).
+APPLY_SQL = "select public.apply_stripe_event($1::text::jsonb)::text"
+APPLY_MANY_SQL = "select public.apply_stripe_events($1::text::jsonb)::text"
 # Failures of the connection itself, as opposed to errors the server reported.
 CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 # A function or argument name, as PostgREST reads it from a URL (and safe to quote).
@@ -120,25 +123,19 @@ class PostgresDatabase:
                 return await conn.fetchval(sql, *args, timeout=self.timeout)
         except asyncpg.PostgresError as error:
             sqlstate = getattr(error, "sqlstate", None)
-            if is_retryable(sqlstate):
-                raise DatabaseUnavailable(f"database not available ({sqlstate})") from error
-            raise DatabaseError(sqlstate, getattr(error, "message", str(error))) from error
+            raise refusal(sqlstate, getattr(error, "message", str(error))) from error
         except CONNECTION_ERRORS as error:
             raise DatabaseUnavailable(f"database not reachable ({type(error).__name__})") from error
 
     async def apply_stripe_event(self, event: JSON) -> JSON:
         if self._group is not None:
             return await self._group.apply(event)
-        result = await self._fetchval(
-            "select public.apply_stripe_event($1::text::jsonb)::text", wire.dumps(event)
-        )
+        result = await self._fetchval(APPLY_SQL, wire.dumps(event))
         return _json_object(result)
 
     async def _apply_many(self, events: list[JSON]) -> list[Any]:
         """Several events in one transaction, each alone (group_commit.py): their results."""
-        result = await self._fetchval(
-            "select public.apply_stripe_events($1::text::jsonb)::text", wire.dumps(events)
-        )
+        result = await self._fetchval(APPLY_MANY_SQL, wire.dumps(events))
         value = json.loads(result) if result is not None else None
         if not isinstance(value, list):
             raise DatabaseError(None, "apply_stripe_events returned no JSON array")

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import psycopg
 
+from sidecar.db.postgres import APPLY_SQL
 from tally.bench.drive import CpuMeter, Item, Run, drive
 from tally.ops import balance_mismatches
 
@@ -97,7 +98,6 @@ async def run_direct(
 
 # The statement the sidecar's Postgres transport sends, byte for byte, so that
 # pg_stat_statements counts direct calls and the sidecar's under one entry.
-APPLY_SQL = "select public.apply_stripe_event($1::text::jsonb)::text"
 
 
 async def call_apply(bank: ConnectionBank, typed: str) -> str:

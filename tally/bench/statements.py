@@ -11,10 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 import psycopg
 
-from tally.bench.db import APPLY_SQL
-
-# What sidecar/db/postgres.py sends for a batch of events.
-APPLY_MANY_SQL = "select public.apply_stripe_events($1::text::jsonb)::text"
+from sidecar.db.postgres import APPLY_MANY_SQL, APPLY_SQL
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,15 @@ def test_rejects_unknown_env():
     assert problems(ENV="staging") == ["ENV must be 'development' or 'production'"]
 
 
+def test_group_commit_defaults_and_more_apply_workers_than_connections_is_refused():
+    defaults = config()
+    assert (defaults.apply_workers, defaults.apply_batch_max) == (2, 8)
+    assert problems(APPLY_WORKERS="12", DB_POOL_SIZE="10") == [
+        "APPLY_WORKERS must not exceed DB_POOL_SIZE"
+    ]
+    assert len(problems(APPLY_BATCH_MAX="0")) == 1
+
+
 @pytest.mark.parametrize("port", ["http", "0", "70000"])
 def test_rejects_a_bad_port(port):
     assert len(problems(PORT=port)) == 1
