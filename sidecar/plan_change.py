@@ -15,7 +15,10 @@
 409 without an active subscription (or one not in good standing), 400 for an
 unknown or inactive plan, 401 without a valid token, 429 past the rate limit,
 502 when Stripe fails. The subscription's price, item and period are read
-from Stripe, not from the database, which may lag behind webhooks.
+from Stripe, not from the database, which may lag behind webhooks. The
+plan is the item whose price is in the catalog: other items (a metered
+price, say) are left as they are, and a scheduled downgrade keeps them in
+both of its phases.
 """
 
 from __future__ import annotations
@@ -87,13 +90,13 @@ def _active_subscription(user: Caller) -> str:
 
 async def _change(request: web.Request, subscription_id: str, target: Plan) -> dict[str, object]:
     stripe = request.app[STRIPE]
-    sub = await stripe.subscription(subscription_id)
+    plans = {plan.price_id: plan for plan in await request.app[DATABASE].plans()}
+    sub = await stripe.subscription(subscription_id, plan_prices=plans)
     if sub.status not in CHANGEABLE_STATUSES:
         raise Refusal(409, f"the subscription is {sub.status}; settle it in the portal first")
     if sub.price_id == target.price_id:
         await _drop_scheduled_change(stripe, sub)
         return {"status": "unchanged", "plan": target.key}
-    plans = {plan.price_id: plan for plan in await request.app[DATABASE].plans()}
     current = plans.get(sub.price_id)
     key = f"tally-plan-{sub.id}-{target.price_id}-{sub.current_period_end}"
     if current is None or target.monthly_credits > current.monthly_credits:

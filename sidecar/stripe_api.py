@@ -19,7 +19,7 @@ import asyncio
 import functools
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from stripe.params import (
     InvoiceListParams,
     RefundListParams,
     SubscriptionScheduleUpdateParams,
+    SubscriptionScheduleUpdateParamsPhaseItem,
     SubscriptionUpdateParams,
 )
 from stripe.params.billing_portal import SessionCreateParams as PortalSessionParams
@@ -73,11 +74,14 @@ class SubscriptionState:
 
     id: str
     status: str
-    item_id: str
+    item_id: str  # the plan's item: the one whose price is in the catalog
     price_id: str
     current_period_start: int
     current_period_end: int
     schedule_id: str | None
+    # The subscription's other items (a metered price, say), as a schedule
+    # phase lists them: a phase's items replace all of the subscription's.
+    other_items: tuple[SubscriptionScheduleUpdateParamsPhaseItem, ...] = ()
 
 
 def raw(obj: stripe.StripeObject) -> JSON:
@@ -97,9 +101,14 @@ def _session(obj: stripe.checkout.Session) -> CheckoutSession:
     )
 
 
-def subscription_state(sub: JSON) -> SubscriptionState:
-    """The first item's price and period (basil: on the item; earlier: on the subscription)."""
-    item = sub["items"]["data"][0]
+def subscription_state(sub: JSON, plan_prices: Collection[str] = ()) -> SubscriptionState:
+    """The plan item's price and period (basil: on the item; earlier: on the subscription).
+
+    The plan item is the one whose price is in the catalog (``plan_prices``);
+    a subscription may carry other items beside it. Without one, the first.
+    """
+    items = sub["items"]["data"]
+    item = next((i for i in items if i["price"]["id"] in plan_prices), items[0])
     start = item.get("current_period_start", sub.get("current_period_start"))
     end = item.get("current_period_end", sub.get("current_period_end"))
     schedule = sub.get("schedule")
@@ -111,7 +120,17 @@ def subscription_state(sub: JSON) -> SubscriptionState:
         current_period_start=int(start),
         current_period_end=int(end),
         schedule_id=schedule if isinstance(schedule, str) else None,
+        other_items=tuple(_phase_item(i) for i in items if i is not item),
     )
+
+
+def _phase_item(item: JSON) -> SubscriptionScheduleUpdateParamsPhaseItem:
+    """An item as a schedule phase names it; metered prices take no quantity."""
+    phase_item: SubscriptionScheduleUpdateParamsPhaseItem = {"price": item["price"]["id"]}
+    recurring = item["price"].get("recurring") or {}
+    if recurring.get("usage_type") != "metered" and item.get("quantity") is not None:
+        phase_item["quantity"] = int(item["quantity"])
+    return phase_item
 
 
 class StripeApi:
@@ -224,12 +243,14 @@ class StripeApi:
 
     # -- plan changes ----------------------------------------------------------------------
 
-    async def subscription(self, subscription_id: str) -> SubscriptionState:
+    async def subscription(
+        self, subscription_id: str, plan_prices: Collection[str] = ()
+    ) -> SubscriptionState:
         sub = await self._call(
             "read the subscription",
             lambda: self.client.v1.subscriptions.retrieve_async(subscription_id),
         )
-        return subscription_state(raw(sub))
+        return subscription_state(raw(sub), plan_prices)
 
     async def change_price_now(
         self, sub: SubscriptionState, price_id: str, idempotency_key: str
@@ -265,11 +286,11 @@ class StripeApi:
             "proration_behavior": "none",
             "phases": [
                 {
-                    "items": [{"price": sub.price_id, "quantity": 1}],
+                    "items": [{"price": sub.price_id, "quantity": 1}, *sub.other_items],
                     "start_date": sub.current_period_start,
                     "end_date": sub.current_period_end,
                 },
-                {"items": [{"price": price_id, "quantity": 1}]},
+                {"items": [{"price": price_id, "quantity": 1}, *sub.other_items]},
             ],
         }
         options: RequestOptions = {"idempotency_key": f"{idempotency_key}-phases"}

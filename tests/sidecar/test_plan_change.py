@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from tests.sidecar.conftest import PLANS, subscribe, user_token
@@ -115,6 +117,71 @@ async def test_an_upgrade_after_a_scheduled_downgrade_drops_the_schedule_first(
     assert release.path == f"/v1/subscription_schedules/{schedule_id}/release"
     assert (update.path, update.form["items[0][price]"]) == (f"/v1/subscriptions/{sub.id}", PRO)
     assert fake_stripe.get("subscription", sub.id)["schedule"] is None
+
+
+def add_items_before_the_plan(stand_in, sub_id):
+    """A metered item and a licensed add-on (quantity 3), listed before the plan's item."""
+    stored = stand_in.get("subscription", sub_id)
+    plan_item = stored["items"]["data"][0]
+    metered = copy.deepcopy(plan_item)
+    metered["id"] = "si_metered_first"
+    metered["price"] = {**copy.deepcopy(plan_item["price"]), "id": "price_api_calls_fake"}
+    metered["price"]["recurring"] = {"interval": "month", "usage_type": "metered"}
+    metered.pop("quantity", None)
+    seats = copy.deepcopy(plan_item)
+    seats["id"] = "si_seats"
+    seats["price"] = {**copy.deepcopy(plan_item["price"]), "id": "price_seats_fake"}
+    seats["price"]["recurring"] = {"interval": "month", "usage_type": "licensed"}
+    seats["quantity"] = 3
+    stored["items"]["data"][:0] = [metered, seats]
+    return plan_item["id"]
+
+
+async def test_an_upgrade_changes_the_plan_item_and_leaves_other_items_alone(
+    sidecar, fake_stripe, make_user
+):
+    user = make_user()
+    _, sub = await subscribe(sidecar, fake_stripe, user, STARTER)
+    plan_item = add_items_before_the_plan(fake_stripe, sub.id)
+    status, answer = await change(sidecar, user, {"plan": "pro"})
+    assert (status, answer) == (200, {"status": "upgraded", "plan": "pro"})
+    (update,) = writes(fake_stripe)
+    assert (update.form["items[0][id]"], update.form["items[0][price]"]) == (plan_item, PRO)
+    assert "items[1][id]" not in update.form
+    prices = [i["price"]["id"] for i in fake_stripe.get("subscription", sub.id)["items"]["data"]]
+    assert prices == ["price_api_calls_fake", "price_seats_fake", PRO]
+
+
+async def test_a_scheduled_downgrade_keeps_the_other_items_in_both_phases(
+    sidecar, fake_stripe, make_user
+):
+    user = make_user()
+    _, sub = await subscribe(sidecar, fake_stripe, user, PRO)
+    add_items_before_the_plan(fake_stripe, sub.id)
+    status, answer = await change(sidecar, user, {"plan": "starter"})
+    assert (status, answer["status"]) == (200, "scheduled")
+    _, update = writes(fake_stripe)
+    for phase, price in ((0, PRO), (1, STARTER)):
+        assert {
+            k: v for k, v in update.form.items() if k.startswith(f"phases[{phase}][items]")
+        } == {
+            f"phases[{phase}][items][0][price]": price,
+            f"phases[{phase}][items][0][quantity]": "1",
+            # A metered price takes no quantity; the add-on keeps its own.
+            f"phases[{phase}][items][1][price]": "price_api_calls_fake",
+            f"phases[{phase}][items][2][price]": "price_seats_fake",
+            f"phases[{phase}][items][2][quantity]": "3",
+        }
+
+
+async def test_the_plan_item_decides_unchanged_whatever_comes_first(
+    sidecar, fake_stripe, make_user
+):
+    user = make_user()
+    _, sub = await subscribe(sidecar, fake_stripe, user, PRO)
+    add_items_before_the_plan(fake_stripe, sub.id)
+    assert (await change(sidecar, user, {"plan": "pro"}))[1]["status"] == "unchanged"
+    assert writes(fake_stripe) == []
 
 
 async def test_without_an_active_subscription_it_is_409(sidecar, fake_stripe, make_user):
