@@ -554,6 +554,18 @@ def read_invoice(env: Envelope, lines: list[JSON] | None = None) -> JSON:
     }
 
 
+def lines_to_fetch(env: Envelope, key_is_live: bool | None) -> str | None:
+    """The invoice whose other lines must be read from Stripe before ``normalise``.
+
+    None for an event that will be rejected anyway (a problem in its
+    envelope, the other mode than the key's): asking Stripe about an object
+    of the other mode fails, and the event must be recorded, not retried.
+    """
+    if _envelope_problem(env) or livemode_problem(env, key_is_live):
+        return None
+    return more_lines_of(env)
+
+
 def more_lines_of(env: Envelope) -> str | None:
     """The invoice id when the event embeds only the first page of its lines."""
     if env.type not in INVOICE_TYPES or not isinstance(env.obj.get("lines"), dict):
@@ -737,15 +749,20 @@ def livemode_problem(env: Envelope, key_is_live: bool | None) -> str | None:
 
 
 def normalise(
-    env: Envelope, *, lines: list[JSON] | None = None, key_is_live: bool | None = None
+    env: Envelope,
+    *,
+    lines: list[JSON] | None = None,
+    key_is_live: bool | None = None,
+    lines_problem: str | None = None,
 ) -> JSON:
     """The typed event for a handled envelope (schema/typed_event.schema.json).
 
     ``lines``: every line of an invoice whose event embeds only the first
-    page (fetched by the caller). ``key_is_live``: the mode of the Stripe
-    key, when known; an event of the other mode gets a problem. An object
-    that cannot be read gives a typed event with a ``problem`` and no
-    object: the database records it as rejected.
+    page (fetched by the caller; ``lines_to_fetch``). ``key_is_live``: the
+    mode of the Stripe key, when known; an event of the other mode gets a
+    problem. ``lines_problem``: why Stripe would not give those lines (it
+    refused the request). An object that cannot be read gives a typed event
+    with a ``problem`` and no object: the database records it as rejected.
     """
     key, reader = _READERS[env.type]
     typed: JSON = {
@@ -756,7 +773,7 @@ def normalise(
         "livemode": env.livemode,
         "api_version": env.api_version if env.api_version and len(env.api_version) <= 64 else None,
         "layout": layout_of(env),
-        "problem": _envelope_problem(env) or livemode_problem(env, key_is_live),
+        "problem": _envelope_problem(env) or livemode_problem(env, key_is_live) or lines_problem,
         "raw": env.raw,
     }
     if typed["problem"] is None:

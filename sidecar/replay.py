@@ -33,6 +33,7 @@ from aiohttp import web
 from sidecar import events
 from sidecar.context import CONFIG, DATABASE, METRICS, STRIPE
 from sidecar.db import JSON, Database, DatabaseError, DatabaseUnavailable
+from sidecar.event_reading import read_event
 from sidecar.observability import Stopwatch, logger
 from sidecar.stripe_api import StripeApi, StripeUnavailable
 
@@ -68,19 +69,6 @@ def counts(results: Iterable[Replayed]) -> dict[str, int]:
 
 
 # -- one event -------------------------------------------------------------------------------
-
-
-async def read_event(
-    envelope: events.Envelope, stripe: StripeApi | None, key_is_live: bool | None
-) -> JSON:
-    """The typed event, with every line of an invoice that embeds only the first page.
-
-    Without Stripe (``None``) the embedded lines are all there is: callers
-    that may lack a key check ``events.more_lines_of`` first.
-    """
-    invoice_id = events.more_lines_of(envelope)
-    lines = await stripe.invoice_lines(invoice_id) if invoice_id and stripe else None
-    return events.normalise(envelope, lines=lines, key_is_live=key_is_live)
 
 
 async def apply_raw_event(

@@ -58,6 +58,12 @@ class StripeUnavailable(Exception):
         self.reason = reason
 
 
+class StripeRefused(StripeUnavailable):
+    """Stripe answered that the request itself is wrong (400, 404): asking again
+    gets the same answer, so a caller that must not wait forever (the event
+    path) records the refusal instead of retrying."""
+
+
 @dataclass(frozen=True)
 class CheckoutSession:
     id: str
@@ -166,6 +172,12 @@ class StripeApi:
         try:
             async with asyncio.timeout(self.timeout):
                 return await self._retrying_rate_limits(call)
+        except stripe.InvalidRequestError as error:
+            _log_failure(operation, error)
+            code = error.code or "no code"
+            raise StripeRefused(
+                f"Stripe refused to {operation} (HTTP {error.http_status}: {code})"
+            ) from error
         except stripe.StripeError as error:
             _log_failure(operation, error)
             raise StripeUnavailable(f"Stripe could not {operation}") from error

@@ -18,6 +18,7 @@ from aiohttp import web
 from sidecar import events, signature
 from sidecar.context import CONFIG, DATABASE, METRICS, STRIPE
 from sidecar.db import DatabaseError, DatabaseUnavailable
+from sidecar.event_reading import read_event
 from sidecar.observability import Stopwatch, logger
 from sidecar.responses import error, ok
 from sidecar.stripe_api import StripeUnavailable
@@ -56,20 +57,11 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         _record(request, envelope, "ignored", watch)
         return ok({"status": "ignored", "event_id": envelope.id})
     try:
-        lines = await _all_lines(request, envelope)
+        typed = await read_event(envelope, request.app[STRIPE], config.stripe_key_is_live)
     except StripeUnavailable as problem:
         _record(request, envelope, "stripe_unavailable", watch, detail=problem.reason)
         return error(503, "Stripe unavailable while reading the invoice's lines; retry later")
-    typed = events.normalise(envelope, lines=lines, key_is_live=config.stripe_key_is_live)
     return await _apply(request, envelope, typed, watch)
-
-
-async def _all_lines(request: web.Request, envelope: events.Envelope) -> list[Any] | None:
-    """Every line of an invoice whose event embeds only the first page; else None."""
-    invoice_id = events.more_lines_of(envelope)
-    if invoice_id is None:
-        return None
-    return await request.app[STRIPE].invoice_lines(invoice_id)
 
 
 async def _apply(

@@ -15,7 +15,7 @@ from typing import Any
 
 from sidecar import events
 from sidecar.db import DatabaseError
-from sidecar.replay import read_event
+from sidecar.event_reading import read_event
 from tally.ops.output import Row, print_json, render_table
 from tally.ops.session import Exit, Ops
 

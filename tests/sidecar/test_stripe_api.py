@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from sidecar.stripe_api import STRIPE_API_VERSION, StripeApi, StripeUnavailable
+from sidecar.stripe_api import STRIPE_API_VERSION, StripeApi, StripeRefused, StripeUnavailable
 from tally import stripe_events as se
 from tests.support.stripe_stand_in import StripeStandIn
 
@@ -94,9 +94,19 @@ async def test_invoice_lines_retries_a_transient_failure_then_succeeds(api, stan
     assert len(stand_in.requests) == 3
 
 
-async def test_invoice_lines_of_an_unknown_invoice_is_stripe_unavailable(api):
-    with pytest.raises(StripeUnavailable, match="invoice's lines"):
+async def test_invoice_lines_of_an_unknown_invoice_is_a_refusal_not_a_failure(api):
+    # A refusal is a kind of StripeUnavailable (billing answers 502 for both);
+    # the event path tells them apart: asking again would get the same 404.
+    with pytest.raises(StripeRefused, match=r"refused to list the invoice's lines \(HTTP 404"):
         await api.invoice_lines("in_missing")
+
+
+async def test_a_failing_stripe_is_not_a_refusal(make_api, stand_in):
+    api = make_api(timeout=1.0)
+    stand_in.fail_with = 503
+    with pytest.raises(StripeUnavailable) as raised:
+        await api.invoice_lines("in_many")
+    assert not isinstance(raised.value, StripeRefused)
 
 
 async def test_persistent_failure_gives_up_within_the_time_budget(make_api, stand_in):

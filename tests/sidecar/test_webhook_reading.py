@@ -89,6 +89,38 @@ async def test_when_stripe_cannot_give_the_other_lines_the_answer_is_503_and_not
     assert (status, answer["status"]) == (200, "applied")
 
 
+async def test_an_invoice_of_the_other_livemode_with_more_lines_is_rejected_without_asking(
+    sidecar, db, fake_stripe, make_user
+):
+    user = make_user()
+    event, _ = renewal_with_many_lines(world(), user)
+    event["livemode"] = event["data"]["object"]["livemode"] = True  # the key is sk_test_...
+    event["data"]["object"]["lines"]["has_more"] = True  # an invoice this key cannot see
+    status, answer = await deliver(sidecar, event)
+    assert (status, answer["status"]) == (200, "rejected")
+    assert "live-mode event" in answer["reason"]
+    assert fake_stripe.of_path(f"/v1/invoices/{event['data']['object']['id']}/lines") == []
+    assert stored(db, event["id"])["raw"] == event
+
+
+async def test_when_stripe_refuses_to_list_the_lines_the_event_is_kept_as_rejected(
+    sidecar, db, fake_stripe, make_user
+):
+    user = make_user()
+    event, _ = renewal_with_many_lines(world(), user)
+    event["data"]["object"]["lines"]["has_more"] = True  # the stand-in has no such invoice: 404
+    status, answer = await deliver(sidecar, event)
+    assert (status, answer["status"]) == (200, "rejected")
+    assert answer["reason"].startswith(
+        "Stripe refused to list the invoice's lines (HTTP 404: resource_missing)"
+    )
+    assert stored(db, event["id"]) == {
+        "outcome": "rejected",
+        "reason": answer["reason"],
+        "raw": event,
+    }
+
+
 async def test_an_event_of_the_other_livemode_is_kept_as_rejected(sidecar, db, make_user):
     w = world()
     _, out = w.buy_pack(w.customer(user_id=str(make_user())), se.StripeWorld().price_object(
