@@ -10,8 +10,10 @@ across machines (``leases``); each looks at the customer's open sessions,
 answers the open one for the same plan again (a double click gets the same
 URL), expires open subscription sessions for other plans (only the newest
 plan asked for can be paid), and refuses (409) once the user has an active
-subscription. A pack reuses the open session of the same pack, so a double
-click buys once; different packs may be bought side by side.
+subscription, as the database records it or as Stripe lists it for the
+customer (a paid session whose webhooks have not arrived yet counts). A
+pack reuses the open session of the same pack, so a double click buys
+once; different packs may be bought side by side.
 
 Idempotency keys are derived from the logical request: the user, the price,
 the newest session Stripe lists for the customer (it changes whenever a
@@ -105,7 +107,11 @@ async def _plan_checkout(
         ):
             # Read again under the lease: a subscription may have started meanwhile.
             current = await billing_profile(request, user.user_id)
-            if current.profile.get("has_active_subscription"):
+            if current.profile.get("has_active_subscription") or (
+                # Stripe may know of one whose webhooks are still on their way.
+                current.customer_id
+                and await request.app[STRIPE].has_live_subscription(current.customer_id)
+            ):
                 raise Refusal(
                     409, "already subscribed; change plans with /billing/plan or in the portal"
                 )

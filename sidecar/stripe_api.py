@@ -32,6 +32,7 @@ from stripe.params import (
     EventListParams,
     InvoiceListParams,
     RefundListParams,
+    SubscriptionListParams,
     SubscriptionScheduleUpdateParams,
     SubscriptionScheduleUpdateParamsPhaseItem,
     SubscriptionUpdateParams,
@@ -46,6 +47,9 @@ STRIPE_API_VERSION = "2025-03-31.basil"
 MAX_NETWORK_RETRIES = 2
 RATE_LIMIT_BACKOFF = 0.5  # seconds before the first retry of a 429; doubles each time
 LIST_PAGE_SIZE = 100
+# Statuses of a subscription that still bills (the database's billing profile
+# counts the same ones as an active subscription).
+LIVE_SUBSCRIPTION_STATUSES = frozenset({"active", "trialing", "past_due", "unpaid", "paused"})
 JSON = dict[str, Any]
 T = TypeVar("T")
 
@@ -233,6 +237,24 @@ class StripeApi:
             lambda: self.client.v1.checkout.sessions.list_async(params),
         )
         return [_session(s) for s in page.data]
+
+    async def has_live_subscription(self, customer_id: str) -> bool:
+        """Whether Stripe bills the customer a subscription that is not over.
+
+        Stripe's word, not the database's: a subscription whose webhooks are
+        still on their way (or one made in the Dashboard) counts too.
+        """
+        params: SubscriptionListParams = {
+            "customer": customer_id,
+            "status": "all",
+            "limit": LIST_PAGE_SIZE,
+        }
+        async for sub in self._every(
+            "list the customer's subscriptions", self.client.v1.subscriptions.list_async, params
+        ):
+            if sub.get("status") in LIVE_SUBSCRIPTION_STATUSES:
+                return True
+        return False
 
     async def expire_checkout_session(self, session_id: str) -> None:
         options: RequestOptions = {"idempotency_key": f"tally-expire-{session_id}"}

@@ -146,6 +146,40 @@ async def test_second_subscription_is_409(sidecar, fake_stripe, make_user):
     assert fake_stripe.of_path("/v1/checkout/sessions") == []
 
 
+async def paid_before_its_webhooks(stand_in, status="active"):
+    """Stripe holds the user's paid plan session and subscription; no webhook arrived yet."""
+    (session,) = stand_in.all("checkout.session")
+    w = world()
+    sub, _ = w.subscribe(w.customer(), STARTER_PRICE)
+    stored = {**w.subscription_object(sub), "customer": session["customer"], "status": status}
+    stand_in.add(stored)
+    session.update(status="complete", payment_status="paid", subscription=stored["id"], url=None)
+    return stored
+
+
+async def test_a_paid_plan_whose_webhooks_are_not_in_yet_makes_another_plan_409(
+    sidecar, fake_stripe, make_user
+):
+    user = make_user()
+    assert (await checkout(sidecar, user, {"plan": "starter"}))[0] == 200
+    await paid_before_its_webhooks(fake_stripe)
+    status, answer = await checkout(sidecar, user, {"plan": "pro"})
+    assert status == 409 and "already subscribed" in answer["error"]
+    (listing,) = fake_stripe.of_path("/v1/subscriptions", method="GET")
+    assert listing.form["status"] == "all"
+    assert len(fake_stripe.all("checkout.session")) == 1  # no second session to pay
+
+
+async def test_a_customer_whose_subscription_is_over_may_subscribe_again(
+    sidecar, fake_stripe, make_user
+):
+    user = make_user()
+    assert (await checkout(sidecar, user, {"plan": "starter"}))[0] == 200
+    await paid_before_its_webhooks(fake_stripe, status="canceled")
+    status, answer = await checkout(sidecar, user, {"plan": "pro"})
+    assert status == 200 and answer["url"]
+
+
 async def test_a_subscriber_may_still_buy_a_pack(sidecar, fake_stripe, make_user):
     user = make_user()
     await subscribe(sidecar, fake_stripe, user, STARTER_PRICE)

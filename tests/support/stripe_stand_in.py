@@ -131,6 +131,7 @@ class StripeStandIn:
             ("GET", "/v1/webhook_endpoints", self.list_webhook_endpoints),
             ("GET", "/v1/webhook_endpoints/{id}", self.retrieve("webhook_endpoint")),
             ("GET", "/v1/prices/{id}", self.retrieve("price")),
+            ("GET", "/v1/subscriptions", self.list_subscriptions),
             ("GET", "/v1/subscriptions/{id}", self.retrieve("subscription")),
             ("POST", "/v1/subscriptions/{id}", self.update_subscription),
             ("POST", "/v1/subscription_schedules", self.create_schedule),
@@ -589,6 +590,22 @@ class StripeStandIn:
         return self._list("webhook_endpoint", params, (), request.path)
 
     # -- subscriptions and schedules -----------------------------------------------------------
+
+    async def list_subscriptions(self, request: web.Request, params: JSON) -> JSON:
+        """Stripe's default leaves canceled subscriptions out; ``status=all`` lists all."""
+        check_params(params, (*LIST_PARAMS, "customer", "price", "status"))
+        status = params.get("status")
+        objects = [
+            self._rendered(sub)
+            for sub in self.all("subscription")
+            if str(sub.get("customer")) == params.get("customer", str(sub.get("customer")))
+            and (
+                status == "all"
+                or sub["status"] == status
+                or (status is None and sub["status"] != "canceled")
+            )
+        ]
+        return list_page(newest_first(objects), params, request.path)
 
     async def update_subscription(self, request: web.Request, params: JSON) -> JSON:
         check_params(
