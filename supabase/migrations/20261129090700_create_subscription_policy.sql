@@ -169,7 +169,12 @@ revoke all on function tally.next_in_second(tally.subscription_observations, tex
                                             tally.subscription_observations[])
   from public, anon, authenticated;
 
--- What a paid or failed invoice does to a subscription's status.
+-- What a paid or failed invoice does to a subscription's status. A failed
+-- upgrade invoice (billing_reason subscription_update) moves nothing: with
+-- payment_behavior pending_if_incomplete (what /billing/plan uses) Stripe
+-- keeps the subscription as it was, with a pending_update, and with the
+-- other behaviours Stripe sends the subscription's own past_due or
+-- incomplete state; either way its subscription events say what it is.
 create function tally.status_after_invoice(
   p_status text, p_is_paid boolean, p_billing_reason text
 ) returns text
@@ -177,6 +182,7 @@ language sql
 immutable
 as $$
   select case
+    when not p_is_paid and p_billing_reason = 'subscription_update' then p_status
     when p_status is null and p_is_paid then 'active'
     when p_status is null and p_billing_reason = 'subscription_create' then 'incomplete'
     when p_status is null then 'past_due'
@@ -238,7 +244,7 @@ begin
     end loop;
   end loop;
   if v_status is null then
-    return;
+    return;  -- nothing says what it is yet (only failed upgrade invoices)
   end if;
 
   -- Fields come from subscription events; with none yet, from the newest

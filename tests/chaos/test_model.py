@@ -87,13 +87,31 @@ def test_a_failed_invoice_grants_nothing_and_marks_the_subscription_past_due(sub
 
 @pytest.mark.parametrize(
     ("billing_reason", "status"),
-    [("subscription_create", "incomplete"), ("subscription_cycle", "past_due")],
+    [
+        ("subscription_create", "incomplete"),
+        ("subscription_cycle", "past_due"),
+        ("subscription_update", None),  # a failed change says nothing of the status
+    ],
 )
 def test_a_failed_invoice_of_an_unknown_subscription_says_how_far_it_got(
     sub, billing_reason, status
 ):
     events = [sub.invoice_failed(period=0, billing_reason=billing_reason)]
     assert state(events).subscription_status == status
+
+
+def test_a_failed_upgrade_invoice_leaves_the_status_its_subscription_events_say(sub):
+    # payment_behavior=pending_if_incomplete: Stripe keeps the subscription active
+    # (an update in the same second shows only the pending change).
+    failed = sub.proration_invoice(period=0, from_plan="starter", to_plan="pro",
+                                   at_time=te.at(0, HALF), paid=False)  # fmt: skip
+    pending = sub.updated(period=0, created=te.at(0, HALF))
+    events = [sub.created(), sub.invoice_paid(period=0), failed, pending]
+    for order in itertools.permutations(events):
+        assert state(list(order)) == UserState(STARTER, 0, "active")
+    past_due = sub.updated(period=0, status="past_due", previous={"status": "active"},
+                           created=te.at(0, HALF))  # fmt: skip
+    assert state([*events[:3], past_due]).subscription_status == "past_due"
 
 
 def test_an_invoice_paid_event_whose_invoice_is_not_paid_counts_as_a_failed_payment(sub):

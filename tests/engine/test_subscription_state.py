@@ -177,3 +177,68 @@ def test_a_same_second_round_trip_ends_the_same_in_either_arrival_order(engine, 
         engine.apply_all(*(reversed(updates) if reverse else updates))
         finals.append(engine.balance(buyer.user_id)["subscription_status"])
     assert finals[0] == finals[1]
+
+
+# -- a failed upgrade invoice ---------------------------------------------------------------
+# The invoice of a change billed at once (billing_reason subscription_update)
+# moves no status: with payment_behavior=pending_if_incomplete (what
+# /billing/plan uses) Stripe keeps the subscription active with a pending
+# update; with the other behaviours it sends the subscription's past_due itself.
+
+
+@pytest.fixture(params=["legacy", "basil"])
+def layout_buyer(request, user) -> te.Buyer:
+    return te.Buyer.new(user, layout=request.param)
+
+
+def failed_upgrade(sub: te.Subscription, created: int) -> dict:
+    return sub.proration_invoice(period=0, from_plan="starter", to_plan="pro",
+                                 at_time=created, paid=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("invoice_first", [True, False], ids=["invoice-first", "update-first"])
+def test_a_failed_upgrade_waiting_for_its_payment_leaves_the_subscription_active(
+    engine, layout_buyer, invoice_first
+):
+    sub = subscribed(engine, layout_buyer)
+    same_second = te.at(0, 900)
+    failed = failed_upgrade(sub, same_second)
+    pending = sub.updated(period=0, status="active", created=same_second)  # items unchanged
+    engine.apply_all(*((failed, pending) if invoice_first else (pending, failed)))
+    balance = engine.balance(layout_buyer.user_id)
+    assert (balance["subscription_status"], balance["plan_key"]) == ("active", "starter")
+    assert engine.credits(layout_buyer.user_id) == (1000, 0)
+
+
+def test_a_failed_upgrade_arriving_after_the_subscription_event_moves_no_status(
+    engine, layout_buyer
+):
+    sub = subscribed(engine, layout_buyer)
+    engine.apply(sub.updated(period=0, status="active", created=te.at(0, 900)))
+    engine.apply(failed_upgrade(sub, te.at(0, 901)))
+    assert status(engine, layout_buyer) == "active"
+
+
+def test_a_failed_upgrade_whose_subscription_stripe_made_past_due_is_past_due(engine, layout_buyer):
+    sub = subscribed(engine, layout_buyer)
+    same_second = te.at(0, 900)
+    engine.apply(failed_upgrade(sub, same_second))
+    engine.apply(sub.updated(period=0, plan="pro", status="past_due",
+                             previous={"status": "active", "price_id": te.plan_price("starter")},
+                             created=same_second))  # fmt: skip
+    assert status(engine, layout_buyer) == "past_due"
+    assert engine.credits(layout_buyer.user_id) == (1000, 0)
+
+
+def test_a_failed_upgrade_of_a_subscription_not_known_yet_records_no_status(engine, layout_buyer):
+    sub = layout_buyer.subscription("starter")
+    engine.apply(failed_upgrade(sub, te.at(0, 900)))
+    assert status(engine, layout_buyer) is None
+    engine.apply(sub.created(created=te.at(0, 1)))
+    assert status(engine, layout_buyer) == "active"
+
+
+def test_a_failed_renewal_still_makes_an_active_subscription_past_due(engine, layout_buyer):
+    sub = subscribed(engine, layout_buyer)
+    engine.apply(sub.invoice_failed(period=1, created=te.at(1, 60)))
+    assert status(engine, layout_buyer) == "past_due"

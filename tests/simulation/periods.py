@@ -379,8 +379,16 @@ class Mirror:
         return self.end is None or period_start < self.end
 
 
-def status_after_invoice(status: str | None, is_paid: bool, billing_reason: str | None) -> str:
-    """What a paid or failed invoice does to a subscription's status."""
+def status_after_invoice(
+    status: str | None, is_paid: bool, billing_reason: str | None
+) -> str | None:
+    """What a paid or failed invoice does to a subscription's status.
+
+    A failed upgrade invoice moves nothing: Stripe either keeps the subscription
+    as it was (`pending_if_incomplete`) or says `past_due` in its own update.
+    """
+    if not is_paid and billing_reason == "subscription_update":
+        return status
     if status is None:
         if is_paid:
             return "active"
