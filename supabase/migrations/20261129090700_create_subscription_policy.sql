@@ -919,6 +919,7 @@ declare
                                     tally.to_time(p_event -> 'created'));
   v_lines record;
   v_is_upgrade boolean;
+  v_is_other_only boolean;
   v_note text;
 begin
   if v_subscription_id is null then
@@ -935,9 +936,22 @@ begin
                   and v_lines.proration_lines is not null;
   if v_lines.plan_line is null and v_lines.proration_lines is null
      and v_lines.unknown_price is not null then
-    perform tally.reject(format('unknown price %s: no plan has it', v_lines.unknown_price));
+    -- Only prices no plan has (a metered one, say). They are ignored once
+    -- something has shown the subscription's plan; before that it is a
+    -- subscription with no catalog price at all.
+    if not exists (select 1 from tally.subscription_observations o
+                    where o.subscription_id = v_subscription_id and o.price_id is not null) then
+      perform tally.reject(format('unknown price %s: no plan has it', v_lines.unknown_price));
+    end if;
+    -- Paid outside the subscription's periods (a usage threshold, a manual
+    -- invoice, a change adding an item): nothing to grant. A period invoice
+    -- (create, cycle, or no reason given) is not: a renewal whose plan line
+    -- is missing is rejected below, never silently applied.
+    v_is_other_only := v_reason not in ('subscription', 'subscription_create',
+                                        'subscription_cycle');
   end if;
-  if v_is_paid and v_lines.plan_line is null and not v_is_upgrade then
+  if v_is_paid and v_lines.plan_line is null and not v_is_upgrade
+     and v_is_other_only is not true then
     perform tally.reject(format(
       'paid invoice %s has no plan line (billing_reason %s, %s line(s) read): nothing to grant it for',
       v_invoice_id, coalesce(v_reason, 'none'), v_lines.line_count));
@@ -968,6 +982,9 @@ begin
                                       tally.to_time(v_lines.plan_line -> 'period_start')) then
         v_note := 'the subscription ended before this period: no grant';
       end if;
+    elsif v_is_other_only then
+      v_note := format('no plan line, only prices no plan has (%s): nothing to grant',
+                       v_lines.unknown_price);
     end if;
     if v_is_upgrade then
       perform tally.record_proration_invoice(p_event, p_user_id, v_lines.proration_lines,

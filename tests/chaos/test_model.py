@@ -124,6 +124,36 @@ def test_an_invoice_for_an_unknown_price_is_rejected_and_leaves_no_state(sub):
     assert state([unknown]) == UserState(500, 0, None)
 
 
+def metered_only(sub, *, billing_reason: str, paid: bool = True, period: int = 0):
+    line = te.invoice_line(price_id="price_metered_api_calls", period_start=te.at(period),
+                           period_end=te.at(period + 1), subscription_id=sub.subscription_id,
+                           layout=sub.layout)  # fmt: skip
+    invoice = sub.invoice_paid if paid else sub.invoice_failed
+    return invoice(period=period, lines=[line], billing_reason=billing_reason,
+                   created=te.at(period, 900))  # fmt: skip
+
+
+def test_a_metered_only_invoice_of_a_subscription_on_a_plan_grants_nothing_but_counts(sub):
+    events = [sub.created(), sub.invoice_paid(period=0)]
+    paid = metered_only(sub, billing_reason="subscription_threshold")
+    assert state([*events, paid]) == UserState(STARTER, 0, "active")
+    failed = metered_only(sub, billing_reason="subscription_threshold", paid=False)
+    assert state([*events, failed]) == UserState(STARTER, 0, "past_due")
+
+
+def test_a_metered_only_invoice_of_a_subscription_with_no_plan_is_rejected(sub):
+    failed = metered_only(sub, billing_reason="subscription_threshold", paid=False)
+    assert state([failed]) == UserState(500, 0, None)
+
+
+def test_a_paid_renewal_whose_only_line_is_metered_is_rejected(sub):
+    events = [sub.created(), sub.invoice_paid(period=0)]
+    renewal = metered_only(sub, billing_reason="subscription_cycle", paid=True, period=1)
+    failed_renewal = sub.invoice_failed(period=1, created=te.at(1, 100))
+    # Not applied: paid after the failed renewal, it would make it active again.
+    assert state([*events, failed_renewal, renewal]) == UserState(STARTER, 0, "past_due")
+
+
 def test_a_subscription_event_for_an_unknown_price_is_rejected(sub):
     assert state([sub.created(price_id="price_nobody_sells")]) == UserState(500, 0, None)
 

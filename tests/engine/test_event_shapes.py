@@ -3,8 +3,10 @@
 A subscription's plan is the item (or the non-proration invoice line) whose
 price is in the catalog, wherever it is listed; other items are ignored; no
 catalog price at all is rejected (unknown price) and two catalog plans are
-rejected with a reason. A paid subscription invoice in which no plan line
-can be found is rejected, never silently applied. Amounts are 64-bit. Events
+rejected with a reason. An invoice with only other prices, outside the
+subscription's periods (a usage threshold, say), grants nothing once
+something showed the subscription's plan. A paid period invoice in which no
+plan line can be found is rejected, never silently applied. Amounts are 64-bit. Events
 the sidecar could not read are kept as rejected with their reason. Parked
 events wake up in batches, each its own transaction.
 """
@@ -77,6 +79,62 @@ def test_a_paid_renewal_with_no_plan_line_is_rejected_and_listed_not_applied(eng
     assert result["status"] == "rejected"
     assert "has no plan line" in result["reason"]
     assert engine.stored_event(result["event_id"])["outcome"] == "rejected"
+
+
+def metered_invoice(sub: te.Subscription, *, billing_reason: str, paid: bool = True,
+                    period: int = 0) -> dict:  # fmt: skip
+    """An invoice of the subscription whose only line is the metered price."""
+    invoice = sub.invoice_paid if paid else sub.invoice_failed
+    return invoice(period=period, lines=[plan_line(sub, METERED, period)],
+                   billing_reason=billing_reason, created=te.at(period, 900))  # fmt: skip
+
+
+def subscribed(engine, buyer) -> te.Subscription:
+    sub = buyer.subscription("starter")
+    engine.apply_all(sub.created(created=te.at(0, 1)), sub.invoice_paid(period=0))
+    return sub
+
+
+@pytest.mark.parametrize("billing_reason", ["subscription_threshold", "manual"])
+def test_a_metered_only_invoice_of_a_subscription_on_a_plan_is_applied_granting_nothing(
+    engine, buyer, billing_reason
+):
+    sub = subscribed(engine, buyer)
+    result = engine.apply(metered_invoice(sub, billing_reason=billing_reason))
+    assert result["status"] == "applied"
+    assert result["reason"].startswith(f"no plan line, only prices no plan has ({METERED})")
+    assert engine.credits(buyer.user_id) == (STARTER, 0)
+    balance = engine.balance(buyer.user_id)
+    assert (balance["subscription_status"], balance["plan_key"]) == ("active", "starter")
+
+
+def test_a_failed_metered_only_invoice_records_the_status_as_any_invoice_does(engine, buyer):
+    sub = subscribed(engine, buyer)
+    failed = metered_invoice(sub, billing_reason="subscription_threshold", paid=False)
+    assert engine.apply(failed)["status"] == "applied"
+    assert engine.balance(buyer.user_id)["subscription_status"] == "past_due"
+    assert engine.credits(buyer.user_id) == (STARTER, 0)
+
+
+def test_a_metered_only_invoice_of_a_subscription_nothing_showed_a_plan_of_is_rejected(
+    engine, buyer
+):
+    sub = buyer.subscription("starter")
+    result = engine.apply(metered_invoice(sub, billing_reason="subscription_threshold"))
+    assert result["status"] == "rejected"
+    assert result["reason"].startswith(f"unknown price {METERED}")
+    assert engine.balance(buyer.user_id)["subscription_status"] is None
+
+
+def test_a_paid_renewal_whose_only_line_is_metered_is_rejected_for_its_missing_plan_line(
+    engine, buyer
+):
+    sub = subscribed(engine, buyer)
+    renewal = metered_invoice(sub, billing_reason="subscription_cycle", period=1)
+    result = engine.apply(renewal)
+    assert result["status"] == "rejected"
+    assert "has no plan line" in result["reason"]
+    assert engine.credits(buyer.user_id) == (STARTER, 0)
 
 
 def test_an_invoice_whose_lines_fill_several_pages_is_read_whole(engine, buyer):

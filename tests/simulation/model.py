@@ -39,6 +39,7 @@ from tests.simulation.periods import (
     observe_subscription,
     read_invoice,
     rounded_share,
+    shows_a_plan,
     subscription_rejection,
 )
 
@@ -173,6 +174,7 @@ class World:
         self.events = sorted(
             (e for e in _unique_by_id(events) if e.get("problem") is None), key=_stripe_order
         )
+        self._with_a_plan = self._subscriptions_with_a_plan()
         self.links = self._customer_links()
         self.owners = self._subscription_owners()
         self.packs = self._paid_packs()
@@ -209,13 +211,29 @@ class World:
             return event["problem"]
         kind = event["type"]
         if kind in INVOICE_TYPES:
-            return invoice_rejection(event, self.catalog.plans)
+            has_plan = _subscription_id(event) in self._with_a_plan
+            return invoice_rejection(event, self.catalog.plans, has_plan)
         if kind in SUBSCRIPTION_TYPES:
             return subscription_rejection(event, self.catalog.plans)
         pack_price = (event.get("checkout_session") or {}).get("metadata_price_id")
         if kind in CHECKOUT_TYPES and _pays_pack(event) and pack_price not in self.catalog.packs:
             return "no pack price"
         return None
+
+    def _subscriptions_with_a_plan(self) -> set[str]:
+        """Subscriptions an event shows a catalog plan of: an invoice's plan line, a
+        subscription's plan item (as the engine's observations keep them).
+
+        The engine can only know this of events already applied: an invoice with
+        prices no plan has that arrives before any of these is rejected (unknown
+        price) and re-applied by the operator. The stories never send one.
+        """
+        return {
+            sub_id
+            for event in self.events
+            if (sub_id := _subscription_id(event)) is not None
+            and shows_a_plan(event, self.catalog.plans)
+        }
 
     def _customer_links(self) -> dict[str, str]:
         """Customer -> user, from applied events of objects tally made that name both.

@@ -138,8 +138,18 @@ def _plan_lines(lines: list[Line], plans: Mapping[str, int]) -> list[Line]:
     return [ln for ln in lines if ln.price_id in plans and not ln.is_proration]
 
 
-def invoice_rejection(event: TypedEvent, plans: Mapping[str, int]) -> str | None:
-    """Why an invoice event is rejected (docs/events.md), None when it can be applied."""
+# Billing reasons of an invoice that pays a period (no reason given counts as one).
+PERIOD_REASONS = frozenset({None, "subscription", "subscription_create", "subscription_cycle"})
+
+
+def invoice_rejection(
+    event: TypedEvent, plans: Mapping[str, int], has_plan: bool = False
+) -> str | None:
+    """Why an invoice event is rejected (docs/events.md), None when it can be applied.
+
+    `has_plan`: something shows the subscription's plan (an applied event with a
+    catalog price), so prices no plan has are ignored rather than rejected.
+    """
     invoice = event["invoice"]
     if invoice.get("subscription_id") is None:
         return None
@@ -149,17 +159,33 @@ def invoice_rejection(event: TypedEvent, plans: Mapping[str, int]) -> str | None
     unknown = [ln.price_id for ln in lines if ln.price_id is not None and ln.price_id not in plans]
     if len({ln.price_id for ln in plan_lines}) > 1:
         return "two catalog plans on one invoice"
-    if not plan_lines and not prorations and unknown:
+    other_only = not plan_lines and not prorations and bool(unknown)
+    if other_only and not has_plan:
         return "unknown price"
     is_paid = _is_paid(event)
     is_upgrade = invoice.get("billing_reason") == "subscription_update" and prorations
-    if is_paid and not plan_lines and not is_upgrade:
+    outside_periods = other_only and invoice.get("billing_reason") not in PERIOD_REASONS
+    if is_paid and not plan_lines and not is_upgrade and not outside_periods:
         return "paid invoice without a plan line"
     newest = _newest_line(plan_lines)
     if is_paid and newest is not None and (newest.start is None or newest.end is None):
         # A period needs both ends: the engine cannot store it and rejects the event.
         return "plan line without a whole period"
     return None
+
+
+def shows_a_plan(event: TypedEvent, plans: Mapping[str, int]) -> bool:
+    """An event the engine applies that names its subscription's catalog plan: an
+    invoice with a plan line, a subscription event with a plan item."""
+    if "invoice" in event:
+        lines = _lines_of_subscription(event["invoice"])
+        return bool(_plan_lines(lines, plans)) and invoice_rejection(event, plans) is None
+    if "subscription" in event:
+        items = event["subscription"].get("items") or ()
+        return subscription_rejection(event, plans) is None and any(
+            item.get("price_id") in plans for item in items
+        )
+    return False
 
 
 def _is_paid(event: TypedEvent) -> bool:
