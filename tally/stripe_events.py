@@ -1575,7 +1575,9 @@ class StripeWorld:
         With ``pending_if_incomplete`` (``payment_behavior``, what the sidecar
         asks for) and an invoice that is not paid, the change waits: the
         invoice fails, the update only shows a ``pending_update``, and the
-        price moves when ``retry_payment`` pays the invoice.
+        price moves when ``retry_payment`` pays the invoice. Without it
+        (``allow_incomplete``, Stripe's default) the change stays and an update
+        makes the subscription ``past_due`` until ``retry_payment`` pays.
         """
         if not same_second:
             self._tick()
@@ -1596,6 +1598,13 @@ class StripeWorld:
         events = [self._subscription_updated(sub, {"price_id": old_price})]
         if invoice_now:
             events += self._invoice_prorations(sub, paid=paid)
+            if not paid and sub.status in {"active", "trialing"}:
+                # payment_behavior=allow_incomplete (Stripe's default): the change
+                # stays and the subscription is past due until the invoice is paid.
+                changes = {"status": sub.status}
+                sub.status = "past_due"
+                self._tick()
+                events.append(self._subscription_updated(sub, changes))
         return events
 
     def _invoice_prorations(self, sub: Subscription, *, paid: bool = True) -> list[JSON]:

@@ -289,9 +289,11 @@ def test_a_change_waiting_for_its_payment_keeps_the_old_price_until_the_retry_pa
 
 def test_a_failed_change_applied_at_once_moves_the_price_before_its_payment():
     world, sub, _ = subscribed("legacy")
-    updated, failed = world.change_plan(sub, "price_pro", invoice_now=True, paid=False)
+    updated, failed, past_due = world.change_plan(sub, "price_pro", invoice_now=True, paid=False)
     assert updated["data"]["object"]["plan"]["id"] == "price_pro"
     assert failed["type"] == "invoice.payment_failed"
+    assert past_due["data"]["object"]["status"] == "past_due"
+    assert past_due["data"]["previous_attributes"] == {"status": "active"}
     assert (
         of_type(world.retry_payment(sub), "invoice.paid")[0]["data"]["object"]["id"]
         == (failed["data"]["object"]["id"])
