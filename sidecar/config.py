@@ -10,10 +10,11 @@ import base64
 import binascii
 import ipaddress
 import os
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sidecar.events import key_is_live
 
@@ -150,15 +151,68 @@ def _is_standard_webhook_secret(secret: str) -> bool:
 
 
 def is_local_host(host: str) -> bool:
-    """True for names and addresses that only mean this machine."""
-    host = host.strip("[]").lower().rstrip(".")
+    """True for names and addresses that only mean this machine.
+
+    Read the way a browser reads a URL's host: percent-escapes and
+    compatibility characters folded, trailing dots dropped, IPv4 in every
+    spelling ``inet_aton`` accepts (``127.1``, ``0x7f000001``, ``2130706433``,
+    ``0177.0.0.1``), IPv4-mapped IPv6 (``::ffff:127.0.0.1``); loopback and the
+    unspecified address (``0.0.0.0``, ``::``, which connect to this machine)
+    count, as do ``localhost`` and every ``*.localhost`` name.
+    """
+    host = unicodedata.normalize("NFKC", unquote(host)).strip("[]").lower().rstrip(".")
     if host in LOCAL_HOSTNAMES or host.endswith(".localhost"):
         return True
+    ipv4 = _browser_ipv4(host)
+    if ipv4 is not None:
+        return ipv4.is_loopback or ipv4.is_unspecified
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        mapped = address.ipv4_mapped
+        return mapped.is_loopback or mapped.is_unspecified
     return address.is_loopback or address.is_unspecified
+
+
+def _browser_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a browser (the WHATWG URL parser, like inet_aton) reads in ``host``.
+
+    One to four dot-separated numbers, each decimal, octal (leading 0) or
+    hex (0x); the last fills the remaining bytes. None when it is not one.
+    """
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    numbers = []
+    for part in parts:
+        number = _ipv4_number(part)
+        if number is None:
+            return None
+        numbers.append(number)
+    *leading, last = numbers
+    if any(n > 255 for n in leading) or last >= 256 ** (5 - len(numbers)):
+        return None
+    value = last
+    for i, n in enumerate(leading):
+        value += n << (8 * (3 - i))
+    return ipaddress.IPv4Address(value)
+
+
+def _ipv4_number(part: str) -> int | None:
+    if part[:2] in ("0x", "0X"):
+        digits, base = part[2:] or "0", 16
+    elif len(part) > 1 and part.startswith("0"):
+        digits, base = part[1:], 8
+    else:
+        digits, base = part, 10
+    if not digits.isascii() or not digits.isalnum() or len(digits) > 32:
+        return None
+    try:
+        return int(digits, base)
+    except ValueError:
+        return None
 
 
 class _Reader:

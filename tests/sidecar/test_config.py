@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sidecar.config import Config, ConfigError
+from sidecar.config import Config, ConfigError, is_local_host
 from tally.paths import ROOT
 
 VALID = {
@@ -89,6 +89,35 @@ def test_production_refuses_localhost_app_base_url(url):
     assert problems(PRODUCTION, APP_BASE_URL=url) == [
         "APP_BASE_URL points at this machine; not allowed in production"
     ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.1",
+        "https://0x7f000001",
+        "https://2130706433",
+        "https://0177.0.0.1",
+        "https://127.0.0.1./",
+        "https://[::ffff:127.0.0.1]",
+        "https://0.0.0.0",
+        "https://[::]",
+        "https://LOCALHOST.",
+        "https://app.localhost.",
+        "https://%31%32%37.0.0.1",
+    ],
+)
+def test_production_refuses_every_spelling_a_browser_opens_as_this_machine(url):
+    assert problems(PRODUCTION, APP_BASE_URL=url) == [
+        "APP_BASE_URL points at this machine; not allowed in production"
+    ]
+
+
+@pytest.mark.parametrize(
+    "host", ["app.example.com", "10.0.0.1", "8.8.8.8", "1.2.3.4.5", "example.0", "256.1", "1e2"]
+)
+def test_other_hosts_and_numbers_are_not_taken_for_this_machine(host):
+    assert not is_local_host(host)
 
 
 def test_development_accepts_localhost_app_base_url():
