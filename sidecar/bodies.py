@@ -5,7 +5,10 @@ hold a connection and a handler forever: every body must be complete within
 ``BODY_TIMEOUT`` seconds (default 10), else 408 and the connection closes.
 The body is read here, once, into aiohttp's cache, so handlers read it with
 ``await request.read()`` at no cost. Bodies over the app's ``client_max_size``
-(1 MiB) are answered 413 here too.
+(1 MiB) are answered 413 here too, and a body aiohttp cannot decode (sent
+with ``Content-Encoding: gzip`` or ``deflate`` but not compressed that way,
+or a broken chunked encoding) 400: before, aiohttp's decoding error escaped
+as a bare 500.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from sidecar.context import CONFIG
 from sidecar.observability import logger
@@ -21,6 +25,7 @@ from sidecar.responses import error
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METHODS_WITH_BODIES = ("POST", "PUT", "PATCH")
+UNDECODABLE = "request body could not be decoded (it does not match its Content-Encoding)"
 
 
 @web.middleware
@@ -40,6 +45,8 @@ async def _read(request: web.Request, timeout: float) -> web.Response | None:
         return _refused(request, 408, "request body not received in time")
     except web.HTTPRequestEntityTooLarge:
         return _refused(request, 413, "body larger than 1 MiB")
+    except RequestPayloadError:
+        return _refused(request, 400, UNDECODABLE)
     return None
 
 

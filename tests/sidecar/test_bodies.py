@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tests.sidecar.conftest import user_token
+from sidecar.bodies import UNDECODABLE
+from tests.sidecar.conftest import stored_events, user_token
 
 BODY_TIMEOUT = 0.5
 
@@ -68,3 +69,21 @@ def test_the_default_deadline_is_ten_seconds():
         webhook_secrets=("whsec_x",), stripe_secret_key="sk_x", app_base_url="https://a"
     )
     assert config.body_timeout == 10.0
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("path", ["/webhooks/stripe", "/billing/checkout", "/billing/plan"])
+async def test_a_body_that_is_not_compressed_as_its_content_encoding_says_is_answered_400(
+    sidecar, db, make_user, path, encoding
+):
+    headers = {
+        "Content-Encoding": encoding,
+        "Stripe-Signature": "t=1,v1=00",
+        "Authorization": f"Bearer {user_token(make_user())}",
+    }
+    before = stored_events(db)
+    response = await sidecar.post(path, data=b"\x1f\x8b\x08not-compressed" * 10, headers=headers)
+    assert response.status == 400
+    assert await response.json() == {"error": UNDECODABLE}
+    assert "decoded" in UNDECODABLE
+    assert stored_events(db) == before
