@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 from sidecar import wire
 
 
@@ -27,3 +29,19 @@ def test_a_number_beyond_a_double_is_written_null_where_json_would_write_infinit
     """`json.loads('1e400')` is inf; PostgreSQL refuses `Infinity`, and would answer 503 forever."""
     event = json.loads('{"id": "evt_1", "amount": 1e400}')
     assert json.loads(wire.dumps(event)) == {"id": "evt_1", "amount": None}
+
+
+def test_a_big_integer_and_a_number_beyond_a_double_together_give_json_postgres_reads():
+    """Before, the big integer sent the document to `json.dumps`, which wrote `Infinity`."""
+    event = json.loads('{"id": "evt_1", "x1": 1180591620717411303424, "x2": 1e400, "x3": [-1e400]}')
+    text = wire.dumps(event)
+    assert "Infinity" not in text
+    assert json.loads(text) == {"id": "evt_1", "x1": 2**70, "x2": None, "x3": [None]}
+    assert "1180591620717411303424" in text
+
+
+def test_the_exact_text_of_a_body_is_written_as_it_is():
+    raw = orjson.Fragment('{"x": 1e400, "y": ' + "9" * 5000 + "}")
+    assert wire.dumps({"id": "evt_1", "raw": raw}) == (
+        '{"id":"evt_1","raw":{"x": 1e400, "y": ' + "9" * 5000 + "}}"
+    )
