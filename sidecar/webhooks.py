@@ -5,7 +5,10 @@ signed Stripe event (nothing is stored), 200 once the outcome is durably
 recorded (or the type is ignored), 503 when the database or Stripe (for the
 rest of an invoice's lines) is away: Stripe retries later. A signed event
 that cannot be read is never refused: it is recorded as rejected with its
-reason (docs/operations.md says how to re-apply it after a fix).
+reason (docs/operations.md says how to re-apply it after a fix), including
+one the normaliser cannot take whole (sidecar/salvage.py: an integer of
+thousands of digits, nesting deeper than 64 levels, an id over 1000
+characters, numbers beyond what a Python document writes back exactly).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar import events, signature
+from sidecar import events, salvage, signature
 from sidecar.context import CONFIG, DATABASE, METRICS, STRIPE
 from sidecar.db import DatabaseError, DatabaseUnavailable
 from sidecar.event_reading import read_event
@@ -50,17 +53,32 @@ async def stripe_webhook(request: web.Request) -> web.Response:
             now=time.time(),
             tolerance=signature.TOLERANCE_SECONDS,
         )
-        envelope = events.read_body(body)
-    except (signature.SignatureError, events.Unreadable) as problem:
+    except signature.SignatureError as problem:
         return _refused(400, problem.reason, watch)
+    try:
+        envelope = events.read_body(body)
+    except events.Unreadable as problem:
+        # Signed: a Stripe event the normaliser cannot take whole is kept, not refused.
+        exact = salvage.signed_event(body)
+        if exact is None:
+            return _refused(400, problem.reason, watch)
+        envelope = exact.envelope
+    else:
+        exact = salvage.exact_raw(body, envelope)
     if not envelope.is_handled:
         _record(request, envelope, "ignored", watch)
         return ok({"status": "ignored", "event_id": envelope.id})
+    if exact is not None and exact.problem is not None:
+        # Rejected whatever its object says: no call to Stripe for the rest of its lines.
+        typed = events.normalise(envelope, key_is_live=config.stripe_key_is_live)
+        return await _apply(request, envelope, salvage.rejected(typed, exact), watch)
     try:
         typed = await read_event(envelope, request.app[STRIPE], config.stripe_key_is_live)
     except StripeUnavailable as problem:
         _record(request, envelope, "stripe_unavailable", watch, detail=problem.reason)
         return error(503, "Stripe unavailable while reading the invoice's lines; retry later")
+    if exact is not None:
+        typed = salvage.rejected(typed, exact)
     return await _apply(request, envelope, typed, watch)
 
 

@@ -15,6 +15,7 @@ import httpx
 from postgrest import AsyncPostgrestClient
 from postgrest.exceptions import APIError
 
+from sidecar import wire
 from sidecar.db import (
     CATALOG_TABLES,
     JSON,
@@ -62,9 +63,7 @@ class PostgrestDatabase:
         try:
             response = await request.execute()
         except APIError as error:
-            if _unavailable(error.code):
-                raise DatabaseUnavailable(f"database not available ({error.code})") from error
-            raise DatabaseError(error.code, error.message or "database error") from error
+            raise _refusal(error.code, error.message) from error
         except httpx.HTTPError as error:
             raise DatabaseUnavailable(
                 f"PostgREST not reachable ({type(error).__name__})"
@@ -75,7 +74,30 @@ class PostgrestDatabase:
         return await self._execute(self.client.rpc(function, params))
 
     async def apply_stripe_event(self, event: JSON) -> JSON:
-        return _json_object(await self._rpc("apply_stripe_event", {"event": event}))
+        """The typed event as sidecar.wire writes it: the client's json.dumps would refuse
+        the raw payload's exact text (an orjson.Fragment) and write ``Infinity``."""
+        request = self.client.rpc("apply_stripe_event", {}).request
+        headers = {**request.headers, "Content-Type": "application/json"}
+        try:
+            response = await request.session.post(
+                str(request.path), content=wire.dumps({"event": event}).encode(), headers=headers
+            )
+        except httpx.HTTPError as error:
+            raise DatabaseUnavailable(
+                f"PostgREST not reachable ({type(error).__name__})"
+            ) from error
+        if not response.is_success:
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                raise _refusal(str(response.status_code), None)
+            raise _refusal(answer.get("code") or str(response.status_code), answer.get("message"))
+        try:
+            return _json_object(response.json())
+        except ValueError:
+            raise DatabaseError(None, "the database function returned no JSON object") from None
 
     async def link_stripe_customer(self, user_id: str, customer_id: str) -> None:
         await self._rpc("link_stripe_customer", {"user_id": user_id, "customer_id": customer_id})
@@ -137,6 +159,12 @@ class PostgrestDatabase:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _refusal(code: str | None, message: str | None) -> DatabaseError | DatabaseUnavailable:
+    if _unavailable(code):
+        return DatabaseUnavailable(f"database not available ({code})")
+    return DatabaseError(code, message or "database error")
 
 
 def _json_object(value: Any) -> JSON:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from sidecar import salvage
 from tally import stripe_events as se
 from tests.sidecar.conftest import (
     PACKS,
@@ -476,3 +477,104 @@ async def test_a_stale_update_never_reactivates_a_canceled_subscription(
     deleted = w.end_of_period(sub)
     await deliver_all(sidecar, out + deleted + stale)
     assert balance(db, user)["subscription_status"] == "canceled"
+
+
+# -- signed events the normaliser cannot take whole: kept, never a 400 ----------------------
+
+
+def signed_body_with(event: dict, extra: bytes) -> tuple[bytes, dict[str, str]]:
+    """The event's JSON with ``extra`` (raw JSON text, ``"key": value``) first in it, signed."""
+    body = b"{" + extra + b", " + se.encode(event)[1:]
+    return body, {"Stripe-Signature": se.sign(body, WEBHOOK_SECRET)}
+
+
+def stored_row(db, event_id: str) -> dict | None:
+    """The stored event, its raw payload as PostgreSQL's text (Python's json would cap it)."""
+    return db.execute(
+        "select outcome::text, reason, raw::text as raw, raw ->> 'id' as raw_id"
+        " from tally.stripe_events where event_id = %s",
+        (event_id,),
+    ).fetchone()
+
+
+async def test_numbers_beyond_64_bits_and_beyond_a_double_are_stored_exactly_and_answered_200(
+    any_sidecar, db, make_user, event
+):
+    event["data"]["object"]["client_reference_id"] = str(make_user())
+    body, headers = signed_body_with(event, b'"x1": 1180591620717411303424, "x2": 1e400')
+    status, answer = await post_raw(any_sidecar, body, headers)
+    assert (status, answer["status"]) == (200, "applied"), answer
+    row = stored_row(db, event["id"])
+    assert row["outcome"] == "applied"
+    assert '"x1": 1180591620717411303424' in row["raw"]
+    assert '"x2": 1' + "0" * 400 in row["raw"]  # 1e400, every digit (jsonb writes it out)
+
+
+async def test_an_integer_of_5000_digits_is_valid_json_and_the_event_is_kept(
+    any_sidecar, db, make_user, event
+):
+    event["data"]["object"]["client_reference_id"] = str(make_user())
+    body, headers = signed_body_with(event, b'"x1": ' + b"9" * 5000)
+    status, answer = await post_raw(any_sidecar, body, headers)
+    assert (status, answer["status"]) == (200, "applied"), answer
+    row = stored_row(db, event["id"])
+    assert '"x1": ' + "9" * 5000 in row["raw"]
+
+
+async def test_a_number_beyond_what_the_database_stores_is_kept_as_text_and_rejected(
+    any_sidecar, db, event
+):
+    body, headers = signed_body_with(event, b'"x1": 1e999999, "x2": -1e400')
+    status, answer = await post_raw(any_sidecar, body, headers)
+    assert (status, answer["status"]) == (200, "rejected"), answer
+    assert answer["reason"] == salvage.NUMBER_PROBLEM
+    row = stored_row(db, event["id"])
+    assert (row["outcome"], row["reason"]) == ("rejected", salvage.NUMBER_PROBLEM)
+    assert '"x1": "1e999999"' in row["raw"] and '"x2": -1' + "0" * 400 in row["raw"]
+
+
+async def test_an_event_id_over_1000_characters_is_stored_rejected_under_a_derived_id(
+    any_sidecar, db, event
+):
+    long_id = "evt_" + "a" * 1200
+    event["id"] = long_id
+    body, headers = se.signed_request(event, WEBHOOK_SECRET)
+    status, answer = await post_raw(any_sidecar, body, headers)
+    stored_id = salvage.long_id(long_id)
+    assert len(stored_id) < 200 and stored_id.startswith("evt_aaa")
+    assert (status, answer["status"], answer["event_id"]) == (200, "rejected", stored_id)
+    assert "longer than 1000 characters" in answer["reason"]
+    assert "the full id is in the raw payload" in answer["reason"]
+    row = stored_row(db, stored_id)
+    assert (row["outcome"], row["raw_id"]) == ("rejected", long_id)
+    status, again = await post_raw(any_sidecar, body, headers)  # Stripe's retry: the same record
+    assert (status, again["status"], again["event_id"]) == (200, "duplicate", stored_id)
+
+
+async def test_a_body_nested_deeper_than_64_levels_is_stored_rejected_as_received(
+    any_sidecar, db, event
+):
+    body, headers = signed_body_with(event, b'"extra": ' + b"[" * 80 + b"]" * 80)
+    status, answer = await post_raw(any_sidecar, body, headers)
+    assert (status, answer["status"]) == (200, "rejected"), answer
+    assert answer["reason"] == salvage.DEEP_PROBLEM
+    assert "nested deeper than 64 levels" in answer["reason"]
+    row = stored_row(db, event["id"])
+    assert row["outcome"] == "rejected"
+    assert '"extra": ' + "[" * 80 + "]" * 80 in row["raw"]
+
+
+async def test_a_body_nested_beyond_what_pythons_parser_reads_stays_a_400(sidecar, db, event):
+    body, headers = signed_body_with(event, b'"extra": ' + b"[" * 5000 + b"]" * 5000)
+    status, answer = await post_raw(sidecar, body, headers)
+    assert (status, answer) == (400, {"error": "body is nested too deeply"})
+    assert stored_events(db) == 0
+
+
+async def test_a_signed_body_that_is_no_event_stays_a_400_whatever_it_holds(sidecar, db):
+    body = b'{"id": "evt_1", "type": "invoice.paid", "x": ' + b"9" * 5000 + b"}"
+    status, answer = await post_raw(
+        sidecar, body, {"Stripe-Signature": se.sign(body, WEBHOOK_SECRET)}
+    )
+    assert (status, answer) == (400, {"error": "body is not valid JSON"})
+    assert stored_events(db) == 0
