@@ -36,9 +36,10 @@ import orjson
 
 from sidecar import events
 
-# Numbers orjson cannot write as they were sent: 20+ digits, or an exponent of 3+ digits.
-# A match inside a string only costs the exact reading below, never a change.
-_EXOTIC_NUMBER = re.compile(rb"\d{20}|[eE][+]?\d{3}")
+# Numbers a Python document cannot write back as sent: 20+ digits, or an exponent of 3+ digits,
+# after a colon, bracket or comma. A match inside a string only costs the exact reading
+# below, never a change.
+_EXOTIC_NUMBER = re.compile(rb"[:\[,][ \t\r\n]*-?(?:\d{20}|\d+(?:\.\d+)?[eE][+-]?\d{3})")
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 # Escapes left to right: a surrogate pair is kept, NUL or a lone surrogate replaced.
 _ESCAPE = re.compile(

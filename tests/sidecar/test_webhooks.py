@@ -501,13 +501,16 @@ async def test_numbers_beyond_64_bits_and_beyond_a_double_are_stored_exactly_and
     any_sidecar, db, make_user, event
 ):
     event["data"]["object"]["client_reference_id"] = str(make_user())
-    body, headers = signed_body_with(event, b'"x1": 1180591620717411303424, "x2": 1e400')
+    body, headers = signed_body_with(
+        event, b'"x1": 1180591620717411303424, "x2": 1e400, "x3": 1.5e-400'
+    )
     status, answer = await post_raw(any_sidecar, body, headers)
     assert (status, answer["status"]) == (200, "applied"), answer
     row = stored_row(db, event["id"])
     assert row["outcome"] == "applied"
     assert '"x1": 1180591620717411303424' in row["raw"]
     assert '"x2": 1' + "0" * 400 in row["raw"]  # 1e400, every digit (jsonb writes it out)
+    assert '"x3": 0.' + "0" * 399 + "15" in row["raw"]  # not rounded to 0.0
 
 
 async def test_an_integer_of_5000_digits_is_valid_json_and_the_event_is_kept(
