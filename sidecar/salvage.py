@@ -36,10 +36,17 @@ import orjson
 
 from sidecar import events
 
-# Numbers a Python document cannot write back as sent: 20+ digits, or an exponent of 3+ digits,
-# after a colon, bracket or comma. A match inside a string only costs the exact reading
-# below, never a change.
-_EXOTIC_NUMBER = re.compile(rb"[:\[,][ \t\r\n]*-?(?:\d{20}|\d+(?:\.\d+)?[eE][+-]?\d{3})")
+# Numbers a Python document cannot write back as sent: 20+ digits, or an
+# exponent of 3+ digits. Found by a translation in C (a regular expression over
+# every webhook's body cost 0.26 ms of Python per 5 kB): digits become 0, e/E
+# become e, signs +, anything else x; then 20 digits in a row, or a digit, e
+# and three digits. A match inside a string (cus_1e123) only costs the exact
+# reading below, never a change.
+_NUMBER_SHAPES = b"".join(
+    b"0" if 48 <= b <= 57 else b"e" if b in b"eE" else b"+" if b in b"+-" else b"x"
+    for b in range(256)
+)
+_EXOTIC_SHAPES = (b"0" * 20, b"0e000", b"0e+000")
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 # Escapes left to right: a surrogate pair is kept, NUL or a lone surrogate replaced.
 _ESCAPE = re.compile(
@@ -108,13 +115,19 @@ def signed_event(body: bytes) -> Salvaged | None:
 
 def exact_raw(body: bytes, envelope: events.Envelope) -> Salvaged | None:
     """For a readable event: the exact raw text when the body has exotic numbers, else None."""
-    if not _EXOTIC_NUMBER.search(body):
+    if not has_exotic_number(body):
         return None
     exact = _exact(body.decode("utf-8"))
     if exact is None:  # read by events.read_body, so never; keep its reading
         return None
     _, stored_text, _, problems = exact
     return Salvaged(envelope, orjson.Fragment(stored_text), "; ".join(problems) or None)
+
+
+def has_exotic_number(body: bytes) -> bool:
+    """Whether the body may hold a number a Python document cannot write back exactly."""
+    shapes = body.translate(_NUMBER_SHAPES)
+    return any(shape in shapes for shape in _EXOTIC_SHAPES)
 
 
 def long_id(event_id: str) -> str:
