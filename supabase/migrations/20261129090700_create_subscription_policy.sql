@@ -10,7 +10,9 @@
 -- plus what each paid upgrade invoice (billing_reason subscription_update)
 -- pays for with its proration lines, lowered at once to the new plan's
 -- credits by a downgrade. Plan credits are max(0, allowance - taken back by
--- refunds and open disputes of those invoices - spent in the period).
+-- refunds and open disputes of those invoices - spent in the period), where
+-- they take back only what their invoice still adds to the allowance (what
+-- a downgrade removed is not taken again).
 
 -- Whole numbers may arrive as 5.0: read them as such.
 create function tally.to_time(p_seconds jsonb) returns timestamptz
@@ -453,14 +455,30 @@ revoke all on function tally.upgrade_price(tally.invoices) from public, anon, au
 -- that moved to its plan; one whose change is not in that second comes
 -- first. Either way a same-second upgrade and downgrade never add more than
 -- was paid.
-create function tally.period_allowance(p_subscription_id text, p_period_start timestamptz)
-returns integer
+--
+-- Refunds and open (or lost) disputes are folded alongside: two more
+-- running values start from the plan less what they target of the period's
+-- own invoices (tally.period_clawbacks), add what each upgrade still adds
+-- after them, and are lowered by the same changes of plan. What refunds
+-- take back (refunded) is the allowance less the first; what disputes take
+-- back (disputed), the first less the second. So money given back takes
+-- back what its invoice still adds to the allowance, never what a
+-- downgrade already removed: a refunded upgrade followed by a downgrade to
+-- the old plan leaves the old plan's period whole, whatever the order.
+create function tally.period_allowance(p_subscription_id text, p_period_start timestamptz,
+                                       out allowance integer, out refunded integer,
+                                       out disputed integer)
 language plpgsql
 stable
 as $$
 declare
   v_period tally.paid_periods;
   v_allowance integer;
+  v_clawbacks record;
+  v_after_refunds integer;  -- the allowance with each invoice adding what its refunds left
+  v_kept integer;  -- ... what its refunds and open or lost disputes left
+  v_at integer;  -- where an upgrade invoice is in v_clawbacks' arrays
+  v_credits integer;
   v_second timestamptz;
   v_pending tally.subscription_observations[];
   v_upgrades tally.invoices[];
@@ -473,9 +491,13 @@ begin
   select * into v_period from tally.paid_periods p
    where p.subscription_id = p_subscription_id and p.period_start = p_period_start;
   if not found then
-    return null;
+    return;
   end if;
   v_allowance := coalesce(tally.plan_credits_of(v_period.price_id), 0);
+  -- Assigned, not selected from: a call in FROM starts an executor each time.
+  v_clawbacks := tally.period_clawbacks(p_subscription_id, p_period_start);
+  v_after_refunds := v_allowance - v_clawbacks.refunded;
+  v_kept := v_after_refunds - v_clawbacks.disputed;
   v_plan := v_period.price_id;
   v_plan_since := v_period.invoice_created_at;
   -- The chain of same-second updates starts from the plan the invoice billed.
@@ -506,7 +528,11 @@ begin
     foreach v_upgrade in array v_upgrades loop
       if not exists (select 1 from unnest(v_pending) o
                       where o.price_id = tally.upgrade_price(v_upgrade)) then
+        v_at := array_position(v_clawbacks.upgrade_ids, v_upgrade.invoice_id);
         v_allowance := v_allowance + v_upgrade.granted;
+        v_after_refunds := v_after_refunds
+                           + coalesce(v_clawbacks.upgrade_after_refunds[v_at], v_upgrade.granted);
+        v_kept := v_kept + coalesce(v_clawbacks.upgrade_kept[v_at], v_upgrade.granted);
         v_upgrades := array(select u from unnest(v_upgrades) u
                              where u.invoice_id <> v_upgrade.invoice_id);
       end if;
@@ -525,8 +551,10 @@ begin
       -- unknown (a subscription's created event, say).
       if v_next.previous ? 'price_id'
          or (v_next.price_id is distinct from v_plan and v_second > v_plan_since) then
-        v_allowance := least(v_allowance, coalesce(tally.plan_credits_of(v_next.price_id),
-                                                   v_allowance));
+        v_credits := tally.plan_credits_of(v_next.price_id);
+        v_allowance := least(v_allowance, coalesce(v_credits, v_allowance));
+        v_after_refunds := least(v_after_refunds, coalesce(v_credits, v_after_refunds));
+        v_kept := least(v_kept, coalesce(v_credits, v_kept));
         if v_next.price_id is distinct from v_plan then
           v_plan := v_next.price_id;
           v_plan_since := v_second;
@@ -538,16 +566,26 @@ begin
        order by u.invoice_id
        limit 1;
       if found then
+        v_at := array_position(v_clawbacks.upgrade_ids, v_upgrade.invoice_id);
         v_allowance := v_allowance + v_upgrade.granted;
+        v_after_refunds := v_after_refunds
+                           + coalesce(v_clawbacks.upgrade_after_refunds[v_at], v_upgrade.granted);
+        v_kept := v_kept + coalesce(v_clawbacks.upgrade_kept[v_at], v_upgrade.granted);
         v_upgrades := array(select u from unnest(v_upgrades) u
                              where u.invoice_id <> v_upgrade.invoice_id);
       end if;
     end loop;
     foreach v_upgrade in array v_upgrades loop
+      v_at := array_position(v_clawbacks.upgrade_ids, v_upgrade.invoice_id);
       v_allowance := v_allowance + v_upgrade.granted;
+      v_after_refunds := v_after_refunds
+                         + coalesce(v_clawbacks.upgrade_after_refunds[v_at], v_upgrade.granted);
+      v_kept := v_kept + coalesce(v_clawbacks.upgrade_kept[v_at], v_upgrade.granted);
     end loop;
   end loop;
-  return v_allowance;
+  allowance := v_allowance;
+  refunded := v_allowance - v_after_refunds;
+  disputed := v_after_refunds - v_kept;
 end;
 $$;
 
@@ -656,15 +694,19 @@ revoke all on function tally.enter_period(tally.accounts, tally.paid_periods, in
 -- Bring a locked account's plan credits in line with what was paid: the
 -- newest eligible paid period is the current one (a newer one resets plan
 -- credits; an older one takes the place of a withdrawn one, with what was
--- spent in it and since); then its allowance, refunds and disputes.
+-- spent in it and since); then its allowance, refunds and disputes, as
+-- tally.period_allowance folds them. A change of the allowance is one
+-- plan_change entry, which also carries what refunds and disputes no
+-- longer take back because the change removed it first (a downgrade below
+-- a refunded upgrade); what they take back anew is their own entry.
 create function tally.settle_plan(p_user_id uuid, p_context tally.plan_context) returns void
 language plpgsql
 as $$
 declare
   v_account tally.accounts;
   v_period tally.paid_periods;
+  v_fold record;
   v_allowance integer;
-  v_clawbacks record;
 begin
   select * into v_account from tally.accounts where user_id = p_user_id;
   select pp.* into v_period from tally.paid_periods pp
@@ -675,8 +717,9 @@ begin
   if not found then
     return;
   end if;
-  -- Folded once: entering the period and the change below both use it.
-  v_allowance := tally.period_allowance(v_period.subscription_id, v_period.period_start);
+  -- Folded once: entering the period and the changes below all use it.
+  v_fold := tally.period_allowance(v_period.subscription_id, v_period.period_start);
+  v_allowance := v_fold.allowance;
 
   if v_account.period_start is null
      or (v_period.period_start, v_period.subscription_id)
@@ -694,29 +737,32 @@ begin
 
   if v_allowance <> v_account.plan_allowance then
     v_account := tally.post_plan_change(
-      v_account, 'plan_change', v_allowance, v_account.plan_refunded, v_account.plan_disputed,
-      p_context,
+      v_account, 'plan_change', v_allowance, least(v_account.plan_refunded, v_fold.refunded),
+      least(v_account.plan_disputed, v_fold.disputed), p_context,
       format('Allowance of this period now %s credits (%s)', v_allowance,
-             coalesce(p_context.why, 'plan changed')));
+             coalesce(p_context.why, 'plan changed'))
+      || case when v_fold.refunded + v_fold.disputed
+                   < v_account.plan_refunded + v_account.plan_disputed
+              then format('; refunds and disputes now take back %s of it: the change removed the rest of what they gave back',
+                          v_fold.refunded + v_fold.disputed)
+              else '' end);
   end if;
-  -- Assigned, not selected from: a call in FROM starts an executor each time.
-  v_clawbacks := tally.period_clawbacks(v_period.subscription_id, v_period.period_start);
-  if v_clawbacks.refunded <> v_account.plan_refunded then
+  if v_fold.refunded <> v_account.plan_refunded then
     v_account := tally.post_plan_change(
-      v_account, 'refund_clawback', v_allowance, v_clawbacks.refunded, v_account.plan_disputed,
+      v_account, 'refund_clawback', v_allowance, v_fold.refunded, v_account.plan_disputed,
       p_context,
       format('Refund of this period''s payments: %s plan credits taken back in all',
-             v_clawbacks.refunded));
+             v_fold.refunded));
   end if;
-  if v_clawbacks.disputed <> v_account.plan_disputed then
+  if v_fold.disputed <> v_account.plan_disputed then
     v_account := tally.post_plan_change(
       v_account,
-      case when v_clawbacks.disputed > v_account.plan_disputed then 'dispute_clawback'
+      case when v_fold.disputed > v_account.plan_disputed then 'dispute_clawback'
            else 'dispute_reinstated' end,
-      v_allowance, v_account.plan_refunded, v_clawbacks.disputed, p_context,
-      case when v_clawbacks.disputed > v_account.plan_disputed
+      v_allowance, v_account.plan_refunded, v_fold.disputed, p_context,
+      case when v_fold.disputed > v_account.plan_disputed
            then format('Dispute of this period''s payment: %s plan credits taken back while it is open',
-                       v_clawbacks.disputed)
+                       v_fold.disputed)
            else 'Dispute closed in your favour: plan credits given back' end);
   end if;
 end;

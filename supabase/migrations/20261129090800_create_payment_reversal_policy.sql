@@ -4,7 +4,8 @@
 -- what they cannot take (already spent) is owed and collected from add-on
 -- credits that reversed spends give back. Subscription invoices: refunds
 -- and disputes lower the plan credits of the period the invoice paid for,
--- while that period is current (tally.settle_plan does the arithmetic);
+-- by what the invoice still adds to its allowance, while that period is
+-- current (tally.period_allowance and tally.settle_plan do the arithmetic);
 -- for an older period they are recorded and listed for the operator.
 -- Refund and dispute states are stored per charge and dispute and settled
 -- whenever either side arrives, so the order of arrival never matters. A
@@ -42,31 +43,49 @@ $$;
 
 revoke all on function tally.park(text, text) from public, anon, authenticated;
 
--- What refunds and open (or lost) disputes take back of a period's
--- invoices: per invoice, round(granted * refunded / paid) and, of what
--- refunds left, round(granted * disputed / paid) for each dispute.
+-- What refunds and open (or lost) disputes target of a period's invoices:
+-- per invoice, round(granted * refunded / paid) and, of what refunds left,
+-- round(granted * disputed / paid) for each dispute. The period's own
+-- invoices are summed; each upgrade invoice is given apart, as what it
+-- still adds once its refunds (after_refunds) and also its disputes
+-- (kept) are taken from what it granted: tally.period_allowance folds
+-- that where it folds the upgrade, so a refund or dispute never takes back
+-- what a later downgrade already removed from the allowance.
 create function tally.period_clawbacks(p_subscription_id text, p_period_start timestamptz,
-                                       out refunded integer, out disputed integer)
+                                       out refunded integer, out disputed integer,
+                                       out upgrade_ids text[],
+                                       out upgrade_after_refunds integer[],
+                                       out upgrade_kept integer[])
 language plpgsql
 stable
 as $$
 begin
-  select coalesce(sum(t.refund_target), 0)::integer,
-         coalesce(sum(least(t.granted - t.refund_target, t.dispute_target)), 0)::integer
-    into refunded, disputed
+  select coalesce(sum(t.refund_target) filter (where t.kind = 'period'), 0)::integer,
+         coalesce(sum(t.dispute_target) filter (where t.kind = 'period'), 0)::integer,
+         array_agg(t.invoice_id order by t.invoice_id) filter (where t.kind = 'proration'),
+         array_agg(t.granted - t.refund_target order by t.invoice_id)
+           filter (where t.kind = 'proration'),
+         array_agg(t.granted - t.refund_target - t.dispute_target order by t.invoice_id)
+           filter (where t.kind = 'proration')
+    into refunded, disputed, upgrade_ids, upgrade_after_refunds, upgrade_kept
     from (
-      select i.granted,
-             least(i.granted, coalesce(round(i.granted::numeric
-               * (select coalesce(sum(c.amount_refunded), 0) from tally.charges c
-                   where c.invoice_id = i.invoice_id)
-               / nullif(i.amount_paid, 0)), 0))::integer as refund_target,
-             coalesce((select sum(round(i.granted::numeric * d.amount / nullif(i.amount_paid, 0)))
-                         from tally.disputes d
-                        where d.invoice_id = i.invoice_id and tally.is_open_dispute(d.status)),
-                      0)::integer as dispute_target
-        from tally.invoices i
-       where i.subscription_id = p_subscription_id and i.period_start = p_period_start
-         and i.granted is not null
+      select r.invoice_id, r.kind, r.granted, r.refund_target,
+             least(r.granted - r.refund_target, r.dispute_target) as dispute_target
+        from (
+          select i.invoice_id, i.kind, i.granted,
+                 least(i.granted, coalesce(round(i.granted::numeric
+                   * (select coalesce(sum(c.amount_refunded), 0) from tally.charges c
+                       where c.invoice_id = i.invoice_id)
+                   / nullif(i.amount_paid, 0)), 0))::integer as refund_target,
+                 coalesce((select sum(round(i.granted::numeric * d.amount
+                                            / nullif(i.amount_paid, 0)))
+                             from tally.disputes d
+                            where d.invoice_id = i.invoice_id and tally.is_open_dispute(d.status)),
+                          0)::integer as dispute_target
+            from tally.invoices i
+           where i.subscription_id = p_subscription_id and i.period_start = p_period_start
+             and i.granted is not null
+        ) as r
     ) as t;
 end;
 $$;

@@ -17,7 +17,12 @@ already tagged with its user by `tests.simulation.model`):
   reached showing another plan) lowers the allowance to its plan's credits
   (an immediate downgrade), at its own time;
 - refunds and open or lost disputes of the period's invoices take back their
-  share of what each invoice granted.
+  share of what each invoice granted, folded where that invoice is folded:
+  the same walk, with each invoice adding only what is left of it after
+  them, says what the allowance keeps; the difference is what they take
+  back. So they never take back what a downgrade already removed (a
+  refunded upgrade followed by a downgrade to the old plan leaves the old
+  plan's period whole), whatever the order.
 
 The money model (`Period.paid_for`) says what the period's invoices paid
 for, net of what was taken back, without folding anything: no allowance
@@ -493,14 +498,13 @@ class Period:
     billed_at: int  # that invoice's own created
     grants: list[Grant] = field(default_factory=list)
     allowance: int = 0
+    # What refunds and holding disputes take back of the allowance: the allowance
+    # less the same fold of what each invoice keeps after them (`fold_allowance`).
+    clawed_back: int = 0
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.subscription_id, self.start)
-
-    @property
-    def clawed_back(self) -> int:
-        return sum(grant.clawed_back for grant in self.grants)
 
     @property
     def paid_for(self) -> int:
@@ -570,10 +574,13 @@ def place_upgrades(
 
 def fold_allowance(
     period: Period, observations: Iterable[Observation], plans: Mapping[str, int]
-) -> int:
+) -> tuple[int, int]:
     """The period's allowance in Stripe time order: its plan, plus each paid upgrade at
     its invoice's created, lowered to the plan of each change of plan naming the
-    period at the event's created (an immediate downgrade).
+    period at the event's created (an immediate downgrade). Returned with what the
+    allowance keeps once refunds and holding disputes take back their share of each
+    invoice (the grants' `refunded` and `disputed` set): the same walk, each invoice
+    adding only what is left of it, so a downgrade lowers both alike.
 
     Events older than the period's invoice are left out: the invoice billed the
     plan of its time. Within one second the updates follow their chain, and an
@@ -594,7 +601,11 @@ def fold_allowance(
         and o.observed_at >= period.billed_at
     ]
     upgrades = [grant for grant in period.grants if grant.kind == "upgrade"]
-    fold = _AllowanceFold(plans[period.price_id], period.price_id, period.billed_at, plans, changes)
+    own = sum(grant.clawed_back for grant in period.grants if grant.kind == "period")
+    fold = _AllowanceFold(
+        plans[period.price_id], plans[period.price_id] - own, period.price_id, period.billed_at,
+        plans, changes,
+    )  # fmt: skip
     # The period starts on the plan its invoice billed: a same-second change that left
     # that plan comes first, even with no earlier update in the period to chain from.
     fold.state = Observation(
@@ -608,7 +619,7 @@ def fold_allowance(
             [o for o in changes if o.observed_at == second],
             sorted((g for g in upgrades if g.invoice.billed_at == second), key=_invoice_id),
         )
-    return fold.allowance
+    return fold.allowance, fold.kept
 
 
 def _invoice_id(grant: Grant) -> str:
@@ -617,9 +628,11 @@ def _invoice_id(grant: Grant) -> str:
 
 @dataclass
 class _AllowanceFold:
-    """The walk of `fold_allowance`: the allowance, the plan reached, upgrades waiting."""
+    """The walk of `fold_allowance`: the allowance, what it keeps after clawbacks, the
+    plan reached, upgrades waiting."""
 
     allowance: int
+    kept: int  # the allowance with each invoice adding only what clawbacks leave of it
     plan: str | None  # the plan the subscription is on, as far as the walk has gone
     plan_since: int  # the second that plan was reached
     plans: Mapping[str, int]
@@ -634,12 +647,18 @@ class _AllowanceFold:
             if grant.invoice.upgrade_price != self.plan and self._moves_later(grant, second):
                 self.waiting.append(grant)
             else:
-                self.allowance += grant.granted
+                self._add(grant)
         while pending:
             self.state = next_in_second(self.state, self._status(), pending)
             pending.remove(self.state)
             self._move(self.state, upgrades)
-        self.allowance += sum(grant.granted for grant in upgrades)
+        for grant in upgrades:
+            self._add(grant)
+
+    def _add(self, grant: Grant) -> None:
+        """A paid upgrade: what it granted, and what it keeps after its clawbacks."""
+        self.allowance += grant.granted
+        self.kept += grant.granted - grant.clawed_back
 
     def _status(self) -> str | None:
         return self.state.status if self.state else None
@@ -671,15 +690,16 @@ class _AllowanceFold:
         shows_another = state.price_id != self.plan and state.observed_at > self.plan_since
         if names_plan or shows_another:
             self.allowance = min(self.allowance, self.plans.get(state.price_id, self.allowance))
+            self.kept = min(self.kept, self.plans.get(state.price_id, self.kept))
             if state.price_id != self.plan:
                 self.plan, self.plan_since = state.price_id, state.observed_at
         matched = next((g for g in upgrades if g.invoice.upgrade_price == state.price_id), None)
         if matched is not None:
             upgrades.remove(matched)
-            self.allowance += matched.granted
+            self._add(matched)
         for grant in [g for g in self.waiting if self._applies(g, state)]:
             self.waiting.remove(grant)
-            self.allowance += grant.granted
+            self._add(grant)
 
 
 @dataclass
@@ -752,9 +772,10 @@ def build_book(
     periods = paid_periods(invoices, plans)
     place_upgrades(periods, invoices, plans)
     for period in periods.values():
-        period.allowance = fold_allowance(period, observations[period.subscription_id], plans)
         for grant in period.grants:
             grant.refunded, grant.disputed = reversals(grant)
+        period.allowance, kept = fold_allowance(period, observations[period.subscription_id], plans)
+        period.clawed_back = period.allowance - kept
     by_id: dict[str, list[Invoice]] = defaultdict(list)
     for invoice in invoices:
         by_id[invoice.id].append(invoice)
