@@ -433,6 +433,47 @@ def test_a_refund_of_an_upgrade_takes_back_what_the_upgrade_added(sub):
     assert plan([*events, refund]) == STARTER
 
 
+def _upgraded_and_switched_back(sub: te.Subscription):
+    """Starter's period paid, an upgrade to pro paid halfway (+2000), then back to
+    starter at once a day later: the events, and the upgrade's paid invoice."""
+    change, upgrade_paid = upgrade(sub, after=HALF)
+    events = [*paid_with_its_payment(sub), change, upgrade_paid]
+    if sub.layout == "basil":
+        events.append(sub.invoice_payment(upgrade_paid))
+    events += upgrade(sub, after=HALF + te.DAY, to="starter", frm="pro")
+    return events, upgrade_paid
+
+
+@pytest.mark.parametrize("given_back_at", [HALF + 600, HALF + te.DAY + 600],
+                         ids=["before-the-downgrade", "after-the-downgrade"])  # fmt: skip
+def test_a_refunded_upgrade_then_a_downgrade_keeps_the_paid_starter_period(sub, given_back_at):
+    events, upgrade_paid = _upgraded_and_switched_back(sub)
+    refund = sub.refund(upgrade_paid, amount_refunded=upgrade_paid["invoice"]["amount_paid"],
+                        created=te.at(0, given_back_at))  # fmt: skip
+    assert plan(events) == STARTER
+    assert plan([*events, refund]) == STARTER  # not max(0, 1000 - 2000)
+    period = World([*events, refund], CATALOG, [USER]).current_period(USER)
+    assert (period.allowance, period.clawed_back) == (STARTER, 0)
+
+
+@pytest.mark.parametrize("closing", [None, "won", "lost"])
+def test_a_disputed_upgrade_then_a_downgrade_keeps_the_paid_starter_period(sub, closing):
+    events, upgrade_paid = _upgraded_and_switched_back(sub)
+    events.append(sub.dispute(upgrade_paid, dispute_id="dp_1", created=te.at(0, HALF + 600)))
+    if closing:
+        events.append(sub.dispute(upgrade_paid, dispute_id="dp_1", status=closing, closed=True,
+                                  created=te.at(0, HALF + 2 * te.DAY)))  # fmt: skip
+    assert plan(events) == STARTER
+
+
+def test_a_refunded_upgrade_still_takes_back_what_it_added_until_the_downgrade(sub):
+    events, upgrade_paid = _upgraded_and_switched_back(sub)
+    without_downgrade = events[:-2]
+    refund = sub.refund(upgrade_paid, amount_refunded=upgrade_paid["invoice"]["amount_paid"])
+    period = World([*without_downgrade, refund], CATALOG, [USER]).current_period(USER)
+    assert (period.allowance, period.clawed_back) == (STARTER + 2000, 2000)
+
+
 @pytest.mark.parametrize(
     ("closing", "plan_credits"),
     [(None, 0), ("won", STARTER), ("lost", 0), ("warning_closed", STARTER)],

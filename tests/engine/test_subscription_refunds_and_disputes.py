@@ -253,3 +253,155 @@ def test_a_dispute_of_an_older_period_is_listed_for_the_operator(engine, db, buy
         )
     ]
     assert kinds == ["subscription_dispute"]  # fmt: skip
+
+
+# --- refunds and disputes around a downgrade -----------------------------------------------
+#
+# Starter's period is paid; mid-period the user upgrades to pro and pays the upgrade
+# (+2000); that payment is refunded or disputed; the user switches back to starter at
+# once. The downgrade's min(allowance, 1000) already removed what the upgrade added:
+# the money given back takes back only what its invoice still adds, so the paid
+# starter period stays whole, whichever comes first and in whatever order it arrives.
+
+UPGRADED_AT = te.at(0, te.PERIOD // 2)
+DOWNGRADED_AT = UPGRADED_AT + te.DAY
+
+
+def paid_upgrade(engine, sub: te.Subscription) -> dict:
+    """Upgrade to pro halfway through period 0, its invoice paid (+2000)."""
+    changed, upgrade = sub.upgrade(period=0, plan="pro", at_time=UPGRADED_AT)
+    engine.apply_all(changed, upgrade)
+    if sub.layout == "basil":
+        engine.apply(sub.invoice_payment(upgrade))
+    assert engine.credits(sub.user_id) == (STARTER + 2000, 0)
+    return upgrade
+
+
+def downgrade(sub: te.Subscription) -> list[dict]:
+    """Back to starter at once, billed at once (the credited pro time adds nothing)."""
+    return sub.upgrade(period=0, plan="starter", from_plan="pro", at_time=DOWNGRADED_AT)
+
+
+ORDERS = {
+    # (Stripe time of the money given back, whether it is delivered before the downgrade)
+    "given-back-first": (DOWNGRADED_AT - 600, True),
+    "downgrade-first": (DOWNGRADED_AT + 600, False),
+    "given-back-first-delivered-last": (DOWNGRADED_AT - 600, False),
+    "downgrade-first-delivered-last": (DOWNGRADED_AT + 600, True),
+}
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_a_refunded_upgrade_then_a_downgrade_keeps_the_paid_starter_period(engine, buyer, order):
+    sub = buyer.subscription("starter")
+    paid_period(engine, sub)
+    upgrade = paid_upgrade(engine, sub)
+    created, refund_delivered_first = ORDERS[order]
+    refunded = sub.refund(upgrade, amount_refunded=upgrade["invoice"]["amount_paid"],
+                          created=created)  # fmt: skip
+    events = [refunded, *downgrade(sub)] if refund_delivered_first else [*downgrade(sub), refunded]
+    engine.apply_all(*events)
+    assert engine.credits(buyer.user_id) == (STARTER, 0)  # not max(0, 1000 - 2000)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_a_partly_refunded_upgrade_then_a_downgrade_keeps_the_paid_starter_period(
+    engine, buyer, order
+):
+    sub = buyer.subscription("starter")
+    paid_period(engine, sub)
+    upgrade = paid_upgrade(engine, sub)
+    created, refund_delivered_first = ORDERS[order]
+    refunded = sub.refund(upgrade, amount_refunded=upgrade["invoice"]["amount_paid"] // 2,
+                          created=created)  # fmt: skip
+    events = [refunded, *downgrade(sub)] if refund_delivered_first else [*downgrade(sub), refunded]
+    engine.apply_all(*events)
+    assert engine.credits(buyer.user_id) == (STARTER, 0)
+
+
+def test_a_downgrade_after_a_refunded_upgrade_posts_no_second_clawback(engine, buyer):
+    sub = buyer.subscription("starter")
+    paid_period(engine, sub)
+    upgrade = paid_upgrade(engine, sub)
+    engine.apply(sub.refund(upgrade, amount_refunded=upgrade["invoice"]["amount_paid"],
+                            created=DOWNGRADED_AT - 600))  # fmt: skip
+    engine.spend(buyer.user_id, 300)
+    engine.apply_all(*downgrade(sub))
+    assert engine.credits(buyer.user_id) == (STARTER - 300, 0)
+    (clawback,) = engine.ledger(buyer.user_id, "refund_clawback")
+    assert clawback["plan_delta"] == -2000  # the refund took what the upgrade added, once
+    # The downgrade removes nothing more: the refund already took the part above starter.
+    assert [row["plan_delta"] for row in engine.ledger(buyer.user_id, "plan_change")] == [2000]
+
+
+def test_a_refund_of_an_upgrade_already_switched_back_from_takes_nothing(engine, buyer):
+    sub = buyer.subscription("starter")
+    paid_period(engine, sub)
+    upgrade = paid_upgrade(engine, sub)
+    engine.apply_all(*downgrade(sub))
+    assert engine.credits(buyer.user_id) == (STARTER, 0)
+    result = engine.apply(sub.refund(upgrade, amount_refunded=upgrade["invoice"]["amount_paid"],
+                                     created=DOWNGRADED_AT + 600))  # fmt: skip
+    assert result["status"] == "applied"
+    assert engine.credits(buyer.user_id) == (STARTER, 0)
+    assert engine.ledger(buyer.user_id, "refund_clawback") == []
+
+
+def test_refunds_of_every_payment_of_the_period_still_take_it_all_after_a_downgrade(engine, buyer):
+    # The downgrade keeps what the money not given back pays for: here, nothing.
+    sub = buyer.subscription("starter")
+    invoice = paid_period(engine, sub)
+    upgrade = paid_upgrade(engine, sub)
+    engine.apply_all(*downgrade(sub))
+    refund(engine, sub, invoice, PAID)
+    engine.apply(sub.refund(upgrade, amount_refunded=upgrade["invoice"]["amount_paid"],
+                            created=DOWNGRADED_AT + 700))  # fmt: skip
+    assert engine.credits(buyer.user_id) == (0, 0)  # every payment of the period given back
+
+
+DISPUTE_STORIES = {
+    "opened-then-downgrade": ["opened", "downgrade"],
+    "downgrade-then-opened": ["downgrade", "opened"],
+    "opened-downgrade-won": ["opened", "downgrade", "won"],
+    "opened-downgrade-lost": ["opened", "downgrade", "lost"],
+    "downgrade-opened-won": ["downgrade", "opened", "won"],
+    "opened-won-downgrade": ["opened", "won", "downgrade"],
+    "won-delivered-first": ["won", "downgrade", "opened"],
+}
+
+
+@pytest.mark.parametrize("story", DISPUTE_STORIES)
+def test_a_disputed_upgrade_then_a_downgrade_keeps_the_paid_starter_period(engine, buyer, story):
+    sub = buyer.subscription("starter")
+    paid_period(engine, sub)
+    upgrade = paid_upgrade(engine, sub)
+    dispute_id = te.new_id("dp")
+    steps = {
+        "opened": [sub.dispute(upgrade, dispute_id=dispute_id, created=DOWNGRADED_AT - 600)],
+        "won": [sub.dispute(upgrade, dispute_id=dispute_id, status="won", closed=True,
+                            created=DOWNGRADED_AT + 900)],
+        "lost": [sub.dispute(upgrade, dispute_id=dispute_id, status="lost", closed=True,
+                             created=DOWNGRADED_AT + 900)],
+        "downgrade": downgrade(sub),
+    }  # fmt: skip
+    for step in DISPUTE_STORIES[story]:
+        engine.apply_all(*steps[step])
+    assert engine.credits(buyer.user_id) == (STARTER, 0)
+
+
+def test_a_dispute_won_after_the_downgrade_gives_back_nothing_the_downgrade_removed(
+    engine, buyer
+):
+    sub = buyer.subscription("starter")
+    paid_period(engine, sub)
+    upgrade = paid_upgrade(engine, sub)
+    dispute_id = te.new_id("dp")
+    engine.apply(sub.dispute(upgrade, dispute_id=dispute_id, created=DOWNGRADED_AT - 600))
+    assert engine.credits(buyer.user_id) == (STARTER, 0)
+    engine.apply_all(*downgrade(sub))
+    engine.apply(sub.dispute(upgrade, dispute_id=dispute_id, status="won", closed=True,
+                             created=DOWNGRADED_AT + 900))  # fmt: skip
+    assert engine.credits(buyer.user_id) == (STARTER, 0)  # not 3000: starter is the plan now
+    (clawback,) = engine.ledger(buyer.user_id, "dispute_clawback")
+    assert clawback["plan_delta"] == -2000
+    assert engine.ledger(buyer.user_id, "dispute_reinstated") == []
