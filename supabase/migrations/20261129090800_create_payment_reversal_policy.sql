@@ -62,10 +62,11 @@ as $$
 begin
   select coalesce(sum(t.refund_target) filter (where t.kind = 'period'), 0)::integer,
          coalesce(sum(t.dispute_target) filter (where t.kind = 'period'), 0)::integer,
-         array_agg(t.invoice_id order by t.invoice_id) filter (where t.kind = 'proration'),
-         array_agg(t.granted - t.refund_target order by t.invoice_id)
-           filter (where t.kind = 'proration'),
-         array_agg(t.granted - t.refund_target - t.dispute_target order by t.invoice_id)
+         -- One aggregate step feeds the three arrays the same rows in the same
+         -- order, so they line up (no ORDER BY: a sort each, on every renewal).
+         array_agg(t.invoice_id) filter (where t.kind = 'proration'),
+         array_agg(t.granted - t.refund_target) filter (where t.kind = 'proration'),
+         array_agg(t.granted - t.refund_target - t.dispute_target)
            filter (where t.kind = 'proration')
     into refunded, disputed, upgrade_ids, upgrade_after_refunds, upgrade_kept
     from (
@@ -85,7 +86,7 @@ begin
             from tally.invoices i
            where i.subscription_id = p_subscription_id and i.period_start = p_period_start
              and i.granted is not null
-        ) as r
+          offset 0) as r  -- kept a subquery: each invoice's refunds and disputes read once
     ) as t;
 end;
 $$;
