@@ -230,10 +230,8 @@ begin
   select * into v_first from tally.spends s
    where s.user_id = v_user_id and s.idempotency_key = v_key;
   if found then
-    if v_first.amount <> v_amount then
-      raise exception using errcode = '23505',
-        message = format('idempotency key %s was already used for another spend', v_key);
-    end if;
+    -- The first result, whatever this call asks (another amount too): a
+    -- key names one operation, and repeating it changes nothing.
     return v_first.result || jsonb_build_object('replayed', true);
   end if;
 
@@ -371,10 +369,7 @@ begin
   if not found then
     select * into v_first from tally.adjustments a
      where a.user_id = v_user_id and a.idempotency_key = v_key;
-    if v_first.amount <> v_amount then
-      raise exception using errcode = '23505',
-        message = format('idempotency key %s was already used for another adjustment', v_key);
-    end if;
+    -- The first result, whatever this call asks (as for spends).
     return v_first.result || jsonb_build_object('replayed', true);
   end if;
 

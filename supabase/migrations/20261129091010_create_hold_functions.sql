@@ -88,10 +88,7 @@ begin
   select * into v_first from tally.holds h
    where h.user_id = v_user_id and h.idempotency_key = v_key;
   if found then
-    if v_first.requested <> v_amount then
-      raise exception using errcode = '23505',
-        message = format('idempotency key %s was already used for another hold', v_key);
-    end if;
+    -- The first result, whatever this call asks (as for spends).
     return v_first.reserve_result || jsonb_build_object('replayed', true);
   end if;
   v_held := tally.held_credits(v_user_id);
@@ -200,6 +197,16 @@ begin
   v_result := tally.hold_result(v_hold, 'committed')
               || jsonb_build_object('committed', v_amount, 'released', v_hold.amount - v_amount,
                                     'ledger_entry_id', v_entry.id);
+  if v_amount > 0 then
+    -- What was committed is a spend: public.reverse_spend gives it back (the
+    -- app's job failed) under the hold's key, unless a spend has that key.
+    insert into tally.spends (user_id, idempotency_key, amount, reason, from_plan, from_addon,
+                              period_subscription_id, period_start, result)
+    values (v_hold.user_id, v_hold.idempotency_key, v_amount, v_hold.reason,
+            -v_entry.plan_delta, -v_entry.addon_delta, v_account.period_subscription_id,
+            v_account.period_start, v_result)
+    on conflict do nothing;
+  end if;
   return tally.finish_hold(v_hold, 'committed', v_result);
 end;
 $$;

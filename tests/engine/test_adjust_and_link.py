@@ -67,6 +67,15 @@ def test_adjustment_with_a_repeated_key_applies_once(engine, user, key):
     assert engine.credits(user) == (500, 100)
 
 
+def test_adjustment_with_a_repeated_key_and_another_amount_returns_the_first_result(
+    engine, user, key
+):
+    first = engine.adjust(user, 100, "goodwill", key=key)
+    second = engine.adjust(user, -50, "typo", key=key)
+    assert {**second, "replayed": False} == first
+    assert engine.credits(user) == (500, 100)
+
+
 def test_adjustment_for_an_unknown_user_raises_pt404(engine):
     assert sqlstate_of(lambda: engine.adjust(uuid.uuid4(), 10, "goodwill")) == "PT404"
 

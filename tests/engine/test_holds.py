@@ -122,9 +122,45 @@ def test_hold_keys_belong_to_their_user(engine, user, make_user, key):
     assert parts(engine, other) == (300, 0, 0, 300)
 
 
-def test_a_key_reused_for_another_amount_raises_23505(engine, user, key):
+def test_a_key_reused_for_another_amount_returns_the_first_hold_and_holds_nothing_more(
+    engine, user, key
+):
+    first = engine.reserve(user, 100, key)
+    second = engine.reserve(user, 150, key)
+    assert {**second, "replayed": False} == {**first, "replayed": False}
+    assert second["replayed"] is True
+    assert parts(engine, user) == (500, 0, 100, 400)
+
+
+def test_what_a_hold_committed_is_a_spend_that_can_be_given_back_once(engine, user, key):
     engine.reserve(user, 100, key)
-    assert sqlstate_of(lambda: engine.reserve(user, 150, key)) == "23505"
+    engine.commit(user, key, 60)
+    assert parts(engine, user) == (440, 0, 0, 440)
+    reversed_ = engine.reverse(user, key, "the job failed")
+    assert (reversed_["plan_returned"], reversed_["addon_returned"]) == (60, 0)
+    assert parts(engine, user) == (500, 0, 0, 500)
+    assert engine.reverse(user, key)["replayed"] is True
+    assert parts(engine, user) == (500, 0, 0, 500)
+    assert [e["kind"] for e in engine.ledger(user)][-2:] == ["hold_commit", "spend_reversal"]
+
+
+@pytest.mark.parametrize("finish", ["release", "commit nothing"])
+def test_a_hold_that_spent_nothing_has_no_spend_to_give_back(engine, user, key, finish):
+    engine.reserve(user, 100, key)
+    if finish == "release":
+        engine.release(user, key)
+    else:
+        engine.commit(user, key, 0)
+    assert sqlstate_of(lambda: engine.reverse(user, key)) == "PT404"
+    assert parts(engine, user) == (500, 0, 0, 500)
+
+
+def test_a_spend_and_a_hold_under_one_key_leave_the_key_to_the_spend(engine, user, key):
+    engine.spend(user, 10, key=key)
+    engine.reserve(user, 100, key)
+    engine.commit(user, key, 60)
+    assert engine.reverse(user, key)["plan_returned"] == 10
+    assert parts(engine, user) == (440, 0, 0, 440)
 
 
 @pytest.mark.parametrize(("amount", "ttl"), [(0, 900), (-5, 900), (10, 0), (10, 10**7)])

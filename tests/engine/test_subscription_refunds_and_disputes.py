@@ -389,9 +389,7 @@ def test_a_disputed_upgrade_then_a_downgrade_keeps_the_paid_starter_period(engin
     assert engine.credits(buyer.user_id) == (STARTER, 0)
 
 
-def test_a_dispute_won_after_the_downgrade_gives_back_nothing_the_downgrade_removed(
-    engine, buyer
-):
+def test_a_dispute_won_after_the_downgrade_gives_back_nothing_the_downgrade_removed(engine, buyer):
     sub = buyer.subscription("starter")
     paid_period(engine, sub)
     upgrade = paid_upgrade(engine, sub)
