@@ -39,7 +39,8 @@ $$;
 
 revoke all on function tally.is_grant(text) from public, anon, authenticated;
 
--- The balance parts every event and broadcast carries.
+-- The user's public.credit_balances row, column for column, from the
+-- account and what is held: what every broadcast and balance event carries.
 create function tally.balance_snapshot(p_account tally.accounts, p_held integer) returns jsonb
 language sql
 stable
@@ -53,7 +54,10 @@ as $$
     'available_credits', p_account.plan_credits + p_account.addon_credits - p_held,
     'plan_key', p_account.plan_key,
     'subscription_status', p_account.subscription_status,
-    'current_period_end', p_account.current_period_end);
+    'current_period_start', p_account.current_period_start,
+    'current_period_end', p_account.current_period_end,
+    'cancel_at_period_end', p_account.cancel_at_period_end,
+    'updated_at', p_account.updated_at);
 $$;
 
 revoke all on function tally.balance_snapshot(tally.accounts, integer)

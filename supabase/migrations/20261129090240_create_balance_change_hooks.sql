@@ -17,10 +17,16 @@ begin
   if v_held > v_total then
     v_held := tally.fit_holds(p_account.user_id, v_total);
   end if;
-  perform tally.emit_balance_events(
-    p_account, v_held, v_before,
-    case when tally.is_grant(p_entry.kind) then greatest(v_change, 0) else 0 end,
-    p_entry.kind);
+  -- A commit spends what its hold had already set aside: available credits
+  -- never go down (what it frees comes back), so it crosses nothing. Its
+  -- hold is finished before the entry, so the sum above would count those
+  -- credits as available before, and see a crossing that was the reserve's.
+  if p_entry.kind <> 'hold_commit' then
+    perform tally.emit_balance_events(
+      p_account, v_held, v_before,
+      case when tally.is_grant(p_entry.kind) then greatest(v_change, 0) else 0 end,
+      p_entry.kind);
+  end if;
   if v_change <> 0 then
     perform tally.broadcast_balance(p_account, v_held);
   end if;

@@ -261,6 +261,7 @@ set lock_timeout = '5s'
 as $$
 declare
   v_count integer;
+  v_users uuid[];
 begin
   with due as (
     select h.user_id, h.idempotency_key from tally.holds h
@@ -268,16 +269,24 @@ begin
      order by h.expires_at
      limit greatest(1, least(coalesce(max_holds, 500), 5000))
      for update skip locked
+  ), expired as (
+    update tally.holds h
+       set status = 'expired', finished_at = now(),
+           finish_result = tally.balance_result(h.user_id) || jsonb_build_object(
+             'idempotency_key', h.idempotency_key, 'status', 'expired', 'held', 0,
+             'released', h.amount, 'expires_at', h.expires_at, 'replayed', false),
+           amount = 0
+      from due
+     where h.user_id = due.user_id and h.idempotency_key = due.idempotency_key
+    returning h.user_id
   )
-  update tally.holds h
-     set status = 'expired', finished_at = now(),
-         finish_result = tally.balance_result(h.user_id) || jsonb_build_object(
-           'idempotency_key', h.idempotency_key, 'status', 'expired', 'held', 0,
-           'released', h.amount, 'expires_at', h.expires_at, 'replayed', false),
-         amount = 0
-    from due
-   where h.user_id = due.user_id and h.idempotency_key = due.idempotency_key;
-  get diagnostics v_count = row_count;
+  select count(*), coalesce(array_agg(distinct e.user_id), '{}') into v_count, v_users
+    from expired e;
+  -- An expired hold no longer counts: the browser hears of the credits it
+  -- gave back (within the sidecar's housekeeping interval of the expiry).
+  perform tally.broadcast_balance(a, tally.held_credits(a.user_id))
+     from tally.accounts a
+    where a.user_id = any(v_users);
   return v_count;
 end;
 $$;
