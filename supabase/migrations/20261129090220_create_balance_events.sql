@@ -79,7 +79,8 @@ $$;
 revoke all on function tally.queue_balance_event(text, jsonb) from public, anon, authenticated;
 
 -- Queue what a change of available credits from p_before to the account's
--- present state means for the app (p_granted > 0 for a grant).
+-- present state means for the app (p_granted: how many a grant added, null
+-- when the change is no grant).
 create function tally.emit_balance_events(
   p_account tally.accounts, p_held integer, p_before integer, p_granted integer, p_why text
 ) returns void
@@ -92,18 +93,18 @@ declare
   v_is_depleted boolean;
   v_data jsonb;
 begin
-  if p_granted <= 0 and v_after >= p_before then
+  if p_granted is null and v_after >= p_before then
     return;
   end if;
   select low_balance_threshold into v_threshold from tally.settings;
   v_is_low := p_before >= v_threshold and v_after < v_threshold;
   v_is_depleted := p_before > 0 and v_after = 0;
   -- Most spends cross nothing: no snapshot is built for them.
-  if p_granted <= 0 and not v_is_low and not v_is_depleted then
+  if p_granted is null and not v_is_low and not v_is_depleted then
     return;
   end if;
   v_data := tally.balance_snapshot(p_account, p_held) || jsonb_build_object('reason', p_why);
-  if p_granted > 0 then
+  if p_granted is not null then
     perform tally.queue_balance_event('credits.granted',
                                       v_data || jsonb_build_object('granted', p_granted));
   end if;

@@ -24,7 +24,10 @@ begin
   if p_entry.kind <> 'hold_commit' then
     perform tally.emit_balance_events(
       p_account, v_held, v_before,
-      case when tally.is_grant(p_entry.kind) then greatest(v_change, 0) else 0 end,
+      -- A paid period is a grant even when nothing was spent in the last
+      -- one (plan credits stay where they were): the app hears of it.
+      case when p_entry.kind = 'subscription_period' then greatest(v_change, 0)
+           when tally.is_grant(p_entry.kind) and v_change > 0 then v_change end,
       p_entry.kind);
   end if;
   if v_change <> 0 then

@@ -46,7 +46,7 @@ declare
   v_held integer := tally.held_credits(p_user_id);
 begin
   select * into v_account from tally.accounts where user_id = p_user_id;
-  perform tally.emit_balance_events(v_account, v_held, p_available_before, 0, 'hold');
+  perform tally.emit_balance_events(v_account, v_held, p_available_before, null, 'hold');
   perform tally.broadcast_balance(v_account, v_held);
 end;
 $$;

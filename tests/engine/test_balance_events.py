@@ -73,6 +73,24 @@ def test_a_pack_and_a_period_emit_credits_granted(engine, db, user):
     assert granted == [500, 500, 500]  # signup, pack, period (1,000 over the 500 left)
 
 
+@pytest.mark.parametrize("layout", ["legacy", "basil"])
+def test_every_paid_period_emits_credits_granted_even_with_nothing_spent(engine, db, user, layout):
+    sub = te.Buyer.new(user, layout=layout).subscription("starter")
+    engine.apply(sub.invoice_paid(period=0))
+    engine.apply(sub.invoice_paid(period=1))  # nothing spent: plan credits stay at 1,000
+    assert engine.credits(user) == (1000, 0)
+    granted = [p["data"] for p in outbox(db, user) if p["type"] == "credits.granted"]
+    assert [g["granted"] for g in granted] == [500, 500, 0]  # signup, period 0, period 1
+    assert granted[-1]["reason"] == "subscription_period"
+
+
+def test_spends_and_holds_grant_nothing(engine, db, user, key):
+    engine.spend(user, 5)
+    engine.reserve(user, 5, key)
+    engine.release(user, key)
+    assert types(db, user) == ["credits.granted"]  # the signup's only
+
+
 def test_the_threshold_is_a_database_setting(engine, db, make_user):
     db.execute("update tally.settings set low_balance_threshold = 450")
     try:
